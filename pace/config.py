@@ -1,0 +1,253 @@
+"""Typed, validated run configuration.
+
+A run config is YAML on disk; every section is a pydantic model that forbids unknown keys. An unknown
+or misspelt key is an error naming its dotted path and the closest valid key. Method sections are
+dispatched by ``method.name`` to the config class that method registered, so each method owns its
+fields (Mammoth-style per-method configs) and ``config.py`` never grows a branch per method.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the file/field and what was expected."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Seeds(Strict):
+    """Separate seeds so that class order, data split and model init can be varied independently."""
+
+    class_order: int = 0
+    split: int = 0
+    init: int = 0
+
+
+class DataConfig(Strict):
+    dataset: Literal["fsdd", "folder", "manifest", "synthetic"] = "synthetic"
+    #: dataset root (fsdd, folder) or CSV file (manifest); fsdd defaults to $PACE_FSDD_ROOT or ../shared
+    root: str | None = None
+    #: label to learn. fsdd: digit | speaker | digit_speaker; synthetic: coarse | fine
+    label: str | None = None
+    #: skip unreadable/empty/silent files (listed in the run output) instead of failing
+    skip_bad: bool = False
+    #: synthetic data set size
+    synthetic_classes: int = Field(10, ge=2)
+    synthetic_clips_per_class: int = Field(20, ge=2)
+    synthetic_seconds: float = Field(1.0, gt=0.1, le=10.0)
+    synthetic_seed: int = 1234
+
+
+class ScenarioConfig(Strict):
+    num_sessions: int = Field(5, ge=1)
+    #: classes in the first session; None = equal sessions (the paper's setting)
+    first_session_classes: int | None = Field(None, ge=1)
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    #: fraction of each class's training clips held out for hyperparameter search (never test data)
+    val_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    #: use the data set's own train/test split (e.g. FSDD index 0-4 = test) instead of a seeded 8:2
+    official_split: bool = False
+    #: use only the first N classes of the class order (quick runs); None = all
+    max_classes: int | None = Field(None, ge=2)
+
+
+class BackboneConfig(Strict):
+    name: str = "logmel-stats"
+    #: local checkpoint file or folder; a hub id only resolves from the local HF cache (offline)
+    checkpoint: str | None = None
+    pooling: Literal["cls", "mean"] | None = None
+    #: fbank frames after pad/crop (fbank backbones); 512 = 5.12 s as in the paper
+    target_frames: int | None = Field(None, ge=16)
+    #: waveform samples at 16 kHz after pad/crop (waveform backbones)
+    num_samples: int | None = Field(None, ge=400)
+    #: input seconds for backbones with their own frontend (Whisper)
+    seconds: float | None = Field(None, gt=0.0, le=30.0)
+    #: backbone-specific build options (e.g. a tiny test size: {"size": "tiny"})
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    def frontend_overrides(self) -> dict[str, Any]:
+        return {} if self.target_frames is None else {"target_frames": self.target_frames}
+
+
+class RuntimeConfig(Strict):
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    batch_size: int = Field(24, ge=1)
+    eval_batch_size: int = Field(64, ge=1)
+    num_threads: int | None = Field(None, ge=1)
+    #: content-addressed cache of features/embeddings; None = $PACE_CACHE_DIR or ~/.cache/pace
+    cache_dir: str | None = None
+    use_cache: bool = True
+    progress: bool = True
+    #: bf16 autocast for backbone forward passes on CUDA
+    bf16: bool = True
+
+
+class MethodConfig(Strict):
+    """Base of every method's config; subclasses register under their ``name``."""
+
+    name: str
+    _registry: ClassVar[dict[str, type["MethodConfig"]]] = {}
+
+    @classmethod
+    def register(cls, config_cls: type["MethodConfig"]) -> type["MethodConfig"]:
+        name = config_cls.model_fields["name"].default
+        cls._registry[name] = config_cls
+        return config_cls
+
+    @classmethod
+    def known(cls) -> list[str]:
+        import pace.methods  # noqa: F401  (registers the built-in methods)
+
+        return sorted(cls._registry)
+
+
+class AnalysisConfig(Strict):
+    """Runner hooks that measure, never change, what a method learns (off by default)."""
+
+    cka: bool = False
+    drift: bool = False
+    #: clips per session used by the analyses
+    max_samples: int = Field(256, ge=8)
+
+
+class RunConfig(Strict):
+    name: str = "run"
+    seeds: Seeds = Field(default_factory=Seeds)
+    data: DataConfig = Field(default_factory=DataConfig)
+    scenario: ScenarioConfig = Field(default_factory=ScenarioConfig)
+    backbone: BackboneConfig = Field(default_factory=BackboneConfig)
+    method: SerializeAsAny[MethodConfig]
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
+    #: free-form labels carried into tracking (variant, study, ...)
+    tags: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _dispatch_method(cls, v: Any) -> Any:
+        if isinstance(v, MethodConfig):
+            return v
+        if not isinstance(v, dict) or "name" not in v:
+            raise ValueError("method must be a mapping with a 'name' (one of: "
+                             f"{', '.join(MethodConfig.known())})")
+        known = MethodConfig.known()
+        name = v["name"]
+        if name not in known:
+            close = difflib.get_close_matches(str(name), known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"unknown method {name!r}{hint} (known: {', '.join(known)})")
+        return MethodConfig._registry[name].model_validate(v)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading, overrides and friendly errors
+
+
+def _valid_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names valid at ``loc`` (a pydantic error location) inside ``model``."""
+    cur: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int) or cur is None:
+            return []
+        field = cur.model_fields.get(part)
+        if field is None:
+            return []
+        ann = field.annotation
+        # unwrap SerializeAsAny / Optional
+        ann = getattr(ann, "__origin__", ann) if not isinstance(ann, type) else ann
+        cur = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return list(cur.model_fields) if cur is not None else []
+
+
+def _format_errors(exc: ValidationError, raw: dict[str, Any], source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        dotted = ".".join(str(p) for p in loc)
+        if err["type"] == "extra_forbidden":
+            valid = _valid_keys(RunConfig, loc)
+            if loc and loc[0] == "method":
+                name = raw.get("method", {}).get("name")
+                mc = MethodConfig._registry.get(name)
+                valid = list(mc.model_fields) if mc else valid
+            close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            lines.append(f"unknown key {dotted!r}{hint}")
+        else:
+            lines.append(f"{dotted or '<root>'}: {err['msg']} (got {err.get('input')!r})")
+    return f"invalid config {source}:\n  " + "\n  ".join(lines)
+
+
+def parse_value(text: str) -> Any:
+    """CLI override values are YAML scalars: 0.1, true, null, [1, 2], name."""
+    return yaml.safe_load(text)
+
+
+def set_dotted(d: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    cur = d
+    for k in keys[:-1]:
+        nxt = cur.get(k)
+        if nxt is None:
+            nxt = cur[k] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"override {dotted!r}: {k!r} is not a section")
+        cur = nxt
+    cur[keys[-1]] = value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(raw)
+    for k, v in overrides.items():
+        set_dotted(out, k, v)
+    return out
+
+
+def validate_config(raw: dict[str, Any], source: str = "<dict>") -> RunConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"invalid config {source}: expected a mapping at the top level")
+    if "method" not in raw:
+        raise ConfigError(f"invalid config {source}: missing required section 'method' "
+                          f"(one of: {', '.join(MethodConfig.known())})")
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, raw, source)) from None
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Load a run config; a sweep/ablation spec is accepted too and its ``base`` is used."""
+    raw = read_yaml(path)
+    if "base" in raw and "method" not in raw:  # a sweep or ablation spec: rerun its base alone
+        raw = raw["base"]
+    return validate_config(apply_overrides(raw, overrides or {}), str(path))
+
+
+def dump_config(cfg: RunConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

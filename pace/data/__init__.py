@@ -1,0 +1,1 @@
+"""Audio in, features out: reading, frontends, datasets and class-incremental scenarios."""

@@ -1,0 +1,70 @@
+"""Reading audio files into mono 16 kHz float32 waveforms.
+
+soundfile (libsndfile) reads WAV, FLAC, OGG/Vorbis, MP3 and NIST SPHERE; torchaudio.load is avoided
+because in torchaudio 2.11 it needs torchcodec and FFmpeg.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+
+TARGET_SR = 16_000
+# Fewer samples than one 25 ms analysis window at 16 kHz cannot give a single fbank frame.
+MIN_SAMPLES = 400
+
+
+class AudioError(ValueError):
+    """A file that cannot be used as audio; the message names the file and the reason."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+def read_audio(path: str | Path, target_sr: int = TARGET_SR) -> torch.Tensor:
+    """Return a 1-D float32 waveform in [-1, 1], mixed to mono and resampled to ``target_sr``.
+
+    Raises AudioError for a missing, unreadable, empty, truncated or all-zero file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(path, "file not found")
+    if path.stat().st_size == 0:
+        raise AudioError(path, "empty file (0 bytes)")
+    try:
+        info = sf.info(str(path))
+    except Exception as exc:  # libsndfile's messages are terse; keep them, add the file
+        raise AudioError(path, f"unreadable audio ({exc})") from exc
+    try:
+        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as exc:
+        raise AudioError(path, f"truncated or corrupt audio ({exc})") from exc
+    if info.frames > 0 and data.shape[0] < info.frames:
+        raise AudioError(path, f"truncated: header says {info.frames} frames, read {data.shape[0]}")
+    if data.shape[0] == 0:
+        raise AudioError(path, "no audio frames")
+    return to_mono_16k(data, sr, path=path, target_sr=target_sr)
+
+
+def to_mono_16k(data: np.ndarray, sr: int, *, path: str | Path = "<array>",
+                target_sr: int = TARGET_SR) -> torch.Tensor:
+    """Mix (frames, channels) or (frames,) audio to mono and resample; validates the content."""
+    arr = np.asarray(data, dtype=np.float32)
+    if arr.ndim == 2:
+        arr = arr.mean(axis=1)
+    if not np.all(np.isfinite(arr)):
+        raise AudioError(path, "contains NaN or infinite samples")
+    if not np.any(arr):
+        raise AudioError(path, "silent: every sample is zero")
+    wave = torch.from_numpy(np.ascontiguousarray(arr))
+    if sr != target_sr:
+        wave = AF.resample(wave, orig_freq=int(sr), new_freq=target_sr)
+    if wave.numel() < MIN_SAMPLES:
+        raise AudioError(path, f"too short: {wave.numel()} samples at {target_sr} Hz, need >= {MIN_SAMPLES}")
+    return wave.contiguous()
