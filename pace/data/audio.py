@@ -6,14 +6,18 @@ because in torchaudio 2.11 it needs torchcodec and FFmpeg.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import torch
-import torchaudio.functional as AF
+import functools
+
+import torchaudio.transforms as AT
 
 TARGET_SR = 16_000
+_SHORT_CHUNK = re.compile(r"data\s*:\s*(\d+)\s*\(should be (\d+)\)")
 # Fewer samples than one 25 ms analysis window at 16 kHz cannot give a single fbank frame.
 MIN_SAMPLES = 400
 
@@ -41,6 +45,10 @@ def read_audio(path: str | Path, target_sr: int = TARGET_SR) -> torch.Tensor:
         info = sf.info(str(path))
     except Exception as exc:  # libsndfile's messages are terse; keep them, add the file
         raise AudioError(path, f"unreadable audio ({exc})") from exc
+    # libsndfile clamps a WAV whose data chunk runs past the end of the file and notes it in its log
+    m = _SHORT_CHUNK.search(info.extra_info or "")
+    if m and int(m.group(2)) < int(m.group(1)):
+        raise AudioError(path, f"truncated: data chunk declares {m.group(1)} bytes, file holds {m.group(2)}")
     try:
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as exc:
@@ -64,7 +72,13 @@ def to_mono_16k(data: np.ndarray, sr: int, *, path: str | Path = "<array>",
         raise AudioError(path, "silent: every sample is zero")
     wave = torch.from_numpy(np.ascontiguousarray(arr))
     if sr != target_sr:
-        wave = AF.resample(wave, orig_freq=int(sr), new_freq=target_sr)
+        wave = _resampler(int(sr), target_sr)(wave)
     if wave.numel() < MIN_SAMPLES:
         raise AudioError(path, f"too short: {wave.numel()} samples at {target_sr} Hz, need >= {MIN_SAMPLES}")
     return wave.contiguous()
+
+
+@functools.lru_cache(maxsize=16)
+def _resampler(orig: int, new: int) -> AT.Resample:
+    # The transform precomputes its sinc kernel once per rate pair (the functional rebuilds it per call).
+    return AT.Resample(orig_freq=orig, new_freq=new)

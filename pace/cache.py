@@ -1,0 +1,100 @@
+"""Content-addressed cache for stage outputs (frontend features, embeddings).
+
+An entry is a safetensors file named by the sha256 of its key (a string describing every input that
+decides the output). It is written to a temporary file and renamed into place, so a reader never sees
+a half-written entry, and it carries a checksum of its tensors, so a corrupt entry is detected on read,
+removed and recomputed. On a cluster, point ``runtime.cache_dir`` at shared storage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("PACE_CACHE_DIR") or Path.home() / ".cache" / "pace")
+
+
+def _checksum(tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        h.update(name.encode())
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+class FeatureCache:
+    def __init__(self, root: str | Path | None = None):
+        self.root = Path(root) if root else default_cache_dir()
+        self.hits = 0
+        self.misses = 0
+
+    def path(self, key: str) -> Path:
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        return self.root / digest[:2] / f"{digest}.safetensors"
+
+    def load(self, key: str) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                meta = dict(f.metadata() or {})
+            tensors = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            return self._discard(path, f"unreadable ({exc})")
+        if meta.get("pace_key") != key:
+            return self._discard(path, "key mismatch")
+        if meta.get("pace_checksum") != _checksum(tensors):
+            return self._discard(path, "checksum mismatch")
+        return tensors, {k: v for k, v in meta.items() if not k.startswith("pace_")}
+
+    def _discard(self, path: Path, why: str) -> None:
+        warnings.warn(f"cache entry {path} is corrupt ({why}); recomputing", stacklevel=3)
+        path.unlink(missing_ok=True)
+        return None
+
+    def save(self, key: str, tensors: dict[str, torch.Tensor], meta: dict[str, str] | None = None) -> Path:
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        full_meta = {**(meta or {}), "pace_key": key, "pace_checksum": _checksum(tensors)}
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata=full_meta)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return path
+
+    def get_or_compute(self, key: str, compute: Callable[[], dict[str, torch.Tensor]],
+                       meta: dict[str, str] | None = None) -> dict[str, torch.Tensor]:
+        hit = self.load(key)
+        if hit is not None:
+            self.hits += 1
+            return hit[0]
+        self.misses += 1
+        tensors = compute()
+        self.save(key, tensors, meta)
+        return tensors
+
+
+def tensor_digest(keys: list[str]) -> str:
+    """Digest of an ordered list of clip keys (identifies which clips a tensor holds)."""
+    return hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]

@@ -1,0 +1,139 @@
+"""The ``pace`` command line: run | sweep | ablate | report | backbones | methods | data."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def _overrides(pairs: list[str]) -> dict:
+    from pace.config import ConfigError, parse_value
+
+    out = {}
+    for p in pairs or []:
+        if "=" not in p:
+            raise ConfigError(f"--set expects KEY=VALUE (e.g. method.lr=0.01), got {p!r}")
+        k, v = p.split("=", 1)
+        out[k.strip()] = parse_value(v)
+    return out
+
+
+def cmd_run(args) -> int:
+    from pace.config import load_config
+    from pace.reporting import ConsoleReporter
+    from pace.runner import Runner
+
+    cfg = load_config(args.config, _overrides(args.set))
+    if args.quiet:
+        cfg.runtime.progress = False
+    out = Path(args.out or Path("runs") / cfg.name)
+    Runner(cfg, out, [ConsoleReporter()]).run(resume=not args.no_resume)
+    return 0
+
+
+def cmd_backbones(args) -> int:
+    from pace.backbones.registry import list_backbones
+    from pace.reporting import table
+
+    rows = [[s.name, s.input_kind, s.embed_dim, s.num_blocks, "yes" if s.test_size else "", s.weights]
+            for s in list_backbones()]
+    print(table(rows, ["name", "input", "dim", "blocks", "test size", "weights"]))
+    return 0
+
+
+def cmd_methods(args) -> int:
+    from pace.config import MethodConfig
+    from pace.reporting import table
+
+    rows = []
+    for name in MethodConfig.known():
+        cls = MethodConfig._registry[name]
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        rows.append([name, doc])
+    print(table(rows, ["method", "what it is"]))
+    return 0
+
+
+def cmd_data_check(args) -> int:
+    from pace.config import DataConfig
+    from pace.data.audio import AudioError
+    from pace.data.datasets import build_dataset
+
+    cfg = DataConfig(dataset=args.dataset, root=args.root, label=args.label)
+    ds = build_dataset(cfg)
+    bad = []
+    from tqdm.auto import tqdm
+
+    for it in tqdm(ds.items, desc=f"checking {ds.name}", unit="clip", disable=args.quiet):
+        try:
+            ds.waveform(it)
+        except AudioError as exc:
+            bad.append((it.key, exc.reason))
+    counts = ds.class_counts()
+    print(f"{ds.name}: {len(ds)} clips, {len(counts)} classes, "
+          f"{min(counts.values())}-{max(counts.values())} clips per class")
+    for key, why in bad:
+        print(f"  bad: {key}: {why}")
+    print(f"{len(bad)} bad file(s)")
+    return 1 if bad else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pace", description=__doc__.strip().splitlines()[0] if __doc__ else None)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="one continual-learning run from a config (or a sweep/ablation base)")
+    r.add_argument("config", help="run config YAML (configs/*.yaml), or a sweep/ablation spec (its base)")
+    r.add_argument("--out", help="output folder (default runs/<config name>)")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set method.lr=0.01 (repeatable)")
+    r.add_argument("--no-resume", action="store_true", help="ignore a checkpoint in --out and start over")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.set_defaults(func=cmd_run)
+
+    b = sub.add_parser("backbones", help="list registered backbones")
+    b.set_defaults(func=cmd_backbones)
+    m = sub.add_parser("methods", help="list registered methods")
+    m.set_defaults(func=cmd_methods)
+
+    d = sub.add_parser("data", help="inspect data sets")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    dc = dsub.add_parser("check", help="read every clip of a data set and report bad files")
+    dc.add_argument("dataset", choices=["fsdd", "folder", "manifest", "synthetic"])
+    dc.add_argument("--root", help="data set root (or manifest CSV)")
+    dc.add_argument("--label", help="label kind (fsdd: digit|speaker|digit_speaker)")
+    dc.add_argument("--quiet", action="store_true")
+    dc.set_defaults(func=cmd_data_check)
+
+    for extra in ("pace.sweep", "pace.report", "pace.benchmarks"):
+        try:
+            mod = __import__(extra, fromlist=["add_cli"])
+        except ModuleNotFoundError as exc:
+            if exc.name != extra:
+                raise
+            continue
+        mod.add_cli(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pace.config import ConfigError
+    from pace.data.audio import AudioError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, AudioError, FileNotFoundError, ValueError, RuntimeError) as exc:
+        if os.environ.get("PACE_DEBUG"):
+            raise
+        print(f"pace: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pace: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

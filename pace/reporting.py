@@ -1,0 +1,58 @@
+"""Console output for runs: a line per session and the final metrics as a table."""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import Any
+
+
+def fmt(v: Any, digits: int = 2) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def table(rows: list[list[Any]], header: list[str]) -> str:
+    cells = [[fmt(c) for c in r] for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(header)]
+    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(header), sep] + [line(r) for r in cells])
+
+
+FINAL_KEYS = [("last_accuracy", "last acc"), ("average_incremental_accuracy", "avg inc acc"),
+              ("forgetting", "forgetting"), ("bwt", "BWT"), ("plasticity", "plasticity"),
+              ("stability", "stability"), ("first_task_accuracy", "first task"),
+              ("new_task_accuracy", "new tasks")]
+
+
+class ConsoleReporter:
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stdout
+
+    def _print(self, s: str) -> None:
+        print(s, file=self.stream, flush=True)
+
+    def on_start(self, runner) -> None:
+        cfg, sc = runner.cfg, runner.scenario
+        self._print(f"pace run {cfg.name}: method={cfg.method.name} backbone={cfg.backbone.name} "
+                    f"data={runner.dataset.name} ({len(runner.table.items)} clips, {sc.num_classes} classes, "
+                    f"{len(sc.sessions)} sessions) device={runner.device}")
+        if runner.table.bad:
+            self._print(f"skipped {len(runner.table.bad)} bad file(s):")
+            for key, why in runner.table.bad:
+                self._print(f"  {key}: {why}")
+        if runner.results:
+            self._print(f"resumed after session {len(runner.results)}")
+
+    def on_session(self, runner, r) -> None:
+        T = len(runner.scenario.sessions)
+        self._print(f"session {r.index + 1}/{T}: classes {r.num_classes:3d}  acc all {r.acc_all:6.2f}  "
+                    f"new {r.acc_new:6.2f}  old {fmt(r.acc_old):>6}  forgetting {r.forgetting:5.2f}  "
+                    f"{r.time_s:6.1f}s  peak {r.peak_mem_mb:,.0f} MiB")
+
+    def on_end(self, runner, final: dict[str, Any]) -> None:
+        self._print("")
+        self._print(table([[final.get(k) for k, _ in FINAL_KEYS]], [h for _, h in FINAL_KEYS]))
+        self._print(f"\nresults in {runner.out} (accuracy_matrix.csv, metrics.json, config.yaml, splits/)")
