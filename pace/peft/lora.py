@@ -1,0 +1,297 @@
+"""Per-session LoRA on frozen linear layers (PACE sections 5.2 and 5.4).
+
+Each wrapped layer keeps its pretrained weight ``W0`` frozen and a list of LoRA stacks, one per
+adaptation session ``s``: ``A_s`` (r x in, the input-side factor) and ``B_s`` (out x r), with scaling
+``alpha_s / r_s``. Only the newest stack is trainable; earlier ones are frozen. Effective weights:
+
+* normal:     ``W = W0 + sum_s scale_s * B_s A_s`` (all stacks)
+* subtracted: ``W = W0 - sum_{s frozen} scale_s * B_s A_s`` (the "unlearned" model of LoRA
+  subtraction; the trainable stack, if any, is left out, so the result is the same whether the
+  new session's stack, still at B = 0, has been added yet or not)
+
+Merging computes the effective weight of the current mode once (float64, cast back) and uses it in
+place of the base weight until unmerged. The base ``nn.Linear`` is never written, so unmerging is
+exact and the model's state dict (and hence ``Backbone.identity()``) does not depend on merging.
+Merged mode is for inference: no gradient reaches the LoRA stacks while merged.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+MODES = ("normal", "subtracted")
+
+
+class LoRALinear(nn.Module):
+    """A frozen ``nn.Linear`` plus per-session low-rank updates (see module docstring)."""
+
+    def __init__(self, base: nn.Linear):
+        super().__init__()
+        if not isinstance(base, nn.Linear):
+            raise TypeError(f"LoRALinear wraps nn.Linear, got {type(base).__name__}")
+        # Remember the base's flags so ``LoRAManager.restore`` can hand the layer back unchanged.
+        self._base_requires_grad = [p.requires_grad for p in base.parameters()]
+        base.requires_grad_(False)
+        self.base = base
+        self.lora_A = nn.ParameterList()
+        self.lora_B = nn.ParameterList()
+        self.ranks: list[int] = []
+        self.alphas: list[float] = []
+        #: whether the newest stack is the trainable one (False after ``freeze_all``)
+        self.newest_trainable = False
+        self.mode = "normal"
+        self._merged_weight: torch.Tensor | None = None
+
+    # ---- structure -------------------------------------------------------------------------
+
+    @property
+    def in_features(self) -> int:
+        return self.base.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base.out_features
+
+    @property
+    def num_sessions(self) -> int:
+        return len(self.lora_A)
+
+    def scaling(self, s: int) -> float:
+        return self.alphas[s] / self.ranks[s]
+
+    def add_session(self, rank: int, alpha: float, generator: torch.Generator | None = None) -> None:
+        """Freeze existing stacks and append a trainable one: A kaiming-uniform, B zeros."""
+        if rank < 1:
+            raise ValueError(f"LoRA rank must be >= 1, got {rank}")
+        self._check_not_merged("add a session")
+        self.freeze_all()
+        w = self.base.weight
+        a = torch.empty(rank, self.in_features, dtype=w.dtype)
+        # Same bound as nn.Linear's default init (kaiming uniform, a = sqrt(5)) => U(-1/sqrt(in), ..).
+        bound = 1.0 / math.sqrt(self.in_features)
+        gen_device = generator.device if generator is not None else torch.device("cpu")
+        a = a.to(gen_device).uniform_(-bound, bound, generator=generator)
+        self.lora_A.append(nn.Parameter(a.to(w.device)))
+        self.lora_B.append(nn.Parameter(torch.zeros(self.out_features, rank, dtype=w.dtype, device=w.device)))
+        self.ranks.append(int(rank))
+        self.alphas.append(float(alpha))
+        self.newest_trainable = True
+
+    def freeze_all(self) -> None:
+        for p in list(self.lora_A) + list(self.lora_B):
+            p.requires_grad_(False)
+        self.newest_trainable = False
+
+    def trainable_stack(self) -> tuple[nn.Parameter, nn.Parameter]:
+        """(A, B) of the trainable (newest) stack; an error if every stack is frozen."""
+        if not self.newest_trainable:
+            raise RuntimeError("this LoRALinear has no trainable stack (call add_session first)")
+        return self.lora_A[-1], self.lora_B[-1]
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return list(self.trainable_stack()) if self.newest_trainable else []
+
+    def _frozen_sessions(self) -> range:
+        return range(self.num_sessions - 1 if self.newest_trainable else self.num_sessions)
+
+    # ---- modes -------------------------------------------------------------------------------
+
+    def set_mode(self, mode: str) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if mode != self.mode:
+            self._check_not_merged(f"switch to mode {mode!r}")
+        self.mode = mode
+
+    def _coefficients(self) -> list[float]:
+        """Signed scale of each stack in the current mode (0 = stack left out)."""
+        if self.mode == "normal":
+            return [self.scaling(s) for s in range(self.num_sessions)]
+        frozen = set(self._frozen_sessions())
+        return [-self.scaling(s) if s in frozen else 0.0 for s in range(self.num_sessions)]
+
+    def delta_weight(self) -> torch.Tensor:
+        """sum_s coef_s * B_s A_s in float64 (out x in), for the current mode."""
+        w = self.base.weight
+        delta = torch.zeros(self.out_features, self.in_features, dtype=torch.float64, device=w.device)
+        for s, c in enumerate(self._coefficients()):
+            if c != 0.0:
+                delta += c * (self.lora_B[s].detach().double() @ self.lora_A[s].detach().double())
+        return delta
+
+    def effective_weight(self) -> torch.Tensor:
+        """The weight this layer applies in the current mode (detached, base dtype)."""
+        w = self.base.weight.detach()
+        return (w.double() + self.delta_weight()).to(w.dtype)
+
+    @property
+    def merged(self) -> bool:
+        return self._merged_weight is not None
+
+    def merge(self) -> None:
+        """Fold the stacks of the current mode into one weight (inference only)."""
+        self._merged_weight = self.effective_weight()
+
+    def unmerge(self) -> None:
+        self._merged_weight = None
+
+    def _check_not_merged(self, what: str) -> None:
+        if self.merged:
+            raise RuntimeError(f"cannot {what} while merged; unmerge first")
+
+    # ---- forward -----------------------------------------------------------------------------
+
+    def watch_inputs(self, fn: Callable[[torch.Tensor], None]) -> RemovableHandle:
+        """Call ``fn(x)`` with this layer's input on every forward (e.g. to accumulate X^T X)."""
+        return self.register_forward_pre_hook(lambda _module, args: fn(args[0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._merged_weight is not None:
+            return F.linear(x, self._merged_weight, self.base.bias)
+        y = self.base(x)
+        for s, c in enumerate(self._coefficients()):
+            if c != 0.0:
+                y = y + c * F.linear(F.linear(x, self.lora_A[s]), self.lora_B[s])
+        return y
+
+    def extra_repr(self) -> str:
+        return (f"in={self.in_features}, out={self.out_features}, sessions={self.num_sessions}, "
+                f"ranks={self.ranks}, mode={self.mode}, merged={self.merged}")
+
+    # ---- state -------------------------------------------------------------------------------
+
+    def lora_state(self) -> dict[str, Any]:
+        """The LoRA stacks only, as tensors and plain containers (weights_only-loadable)."""
+        return {
+            "A": [a.detach().clone() for a in self.lora_A],
+            "B": [b.detach().clone() for b in self.lora_B],
+            "ranks": list(self.ranks),
+            "alphas": list(self.alphas),
+            "newest_trainable": bool(self.newest_trainable),
+        }
+
+    def load_lora_state(self, state: dict[str, Any]) -> None:
+        """Replace every stack by those in ``state`` (shapes checked against the base layer)."""
+        self._check_not_merged("load a LoRA state")
+        w = self.base.weight
+        self.lora_A, self.lora_B = nn.ParameterList(), nn.ParameterList()
+        self.ranks, self.alphas = [], []
+        for a, b, r, alpha in zip(state["A"], state["B"], state["ranks"], state["alphas"], strict=True):
+            if tuple(a.shape) != (r, self.in_features) or tuple(b.shape) != (self.out_features, r):
+                raise ValueError(f"LoRA shapes A{tuple(a.shape)} B{tuple(b.shape)} do not fit a "
+                                 f"{self.in_features}->{self.out_features} layer with rank {r}")
+            self.lora_A.append(nn.Parameter(a.to(device=w.device, dtype=w.dtype), requires_grad=False))
+            self.lora_B.append(nn.Parameter(b.to(device=w.device, dtype=w.dtype), requires_grad=False))
+            self.ranks.append(int(r))
+            self.alphas.append(float(alpha))
+        self.newest_trainable = bool(state["newest_trainable"]) and self.num_sessions > 0
+        if self.newest_trainable:
+            self.lora_A[-1].requires_grad_(True)
+            self.lora_B[-1].requires_grad_(True)
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+class LoRAManager:
+    """Wraps named linear layers of ``model`` in place and drives their LoRA sessions together.
+
+    ``target_names`` are qualified module names, e.g. from ``Backbone.lora_target_names``. A name
+    that already holds a LoRALinear is adopted as is. The base parameters of wrapped layers are
+    frozen; the rest of the model is left untouched.
+    """
+
+    def __init__(self, model: nn.Module, target_names: Sequence[str]):
+        if not target_names:
+            raise ValueError("LoRAManager needs at least one target layer")
+        self.model = model
+        self.modules: dict[str, LoRALinear] = {}
+        for name in dict.fromkeys(target_names):  # keep order, drop duplicates (fused qkv)
+            layer = model.get_submodule(name)
+            if not isinstance(layer, LoRALinear):
+                if not isinstance(layer, nn.Linear):
+                    raise TypeError(f"LoRA target {name!r} is {type(layer).__name__}, not nn.Linear")
+                layer = LoRALinear(layer)
+                _set_submodule(model, name, layer)
+            self.modules[name] = layer
+
+    @property
+    def num_sessions(self) -> int:
+        counts = {m.num_sessions for m in self.modules.values()}
+        if not counts:
+            return 0
+        if len(counts) != 1:
+            raise RuntimeError(f"wrapped layers disagree on the number of sessions: {sorted(counts)}")
+        return counts.pop()
+
+    def add_session(self, rank: int = 8, alpha: float = 16.0,
+                    generator: torch.Generator | None = None) -> list[nn.Parameter]:
+        """Freeze all stacks, add a new trainable one on every layer; returns its parameters.
+
+        Layers draw their A matrices from ``generator`` in ``modules`` order, so a seeded generator
+        gives the same initialisation every run.
+        """
+        for m in self.modules.values():
+            m.add_session(rank, alpha, generator)
+        return self.trainable_parameters()
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for m in self.modules.values() for p in m.trainable_parameters()]
+
+    def freeze_all(self) -> None:
+        for m in self.modules.values():
+            m.freeze_all()
+
+    @contextmanager
+    def subtracted(self) -> Iterator["LoRAManager"]:
+        """Run the "unlearned" model W0 - sum of frozen stacks inside the block."""
+        previous = {n: m.mode for n, m in self.modules.items()}
+        for m in self.modules.values():
+            m.set_mode("subtracted")
+        try:
+            yield self
+        finally:
+            for n, m in self.modules.items():
+                m.set_mode(previous[n])
+
+    @contextmanager
+    def merged(self) -> Iterator["LoRAManager"]:
+        """Fold the stacks into one weight per layer for fast inference inside the block."""
+        for m in self.modules.values():
+            m.merge()
+        try:
+            yield self
+        finally:
+            for m in self.modules.values():
+                m.unmerge()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Only the LoRA tensors (plus ranks/alphas), keyed by layer name."""
+        return {"layers": {n: m.lora_state() for n, m in self.modules.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        layers = state["layers"]
+        if set(layers) != set(self.modules):
+            missing, extra = set(self.modules) - set(layers), set(layers) - set(self.modules)
+            raise ValueError(f"LoRA state does not match the wrapped layers: "
+                             f"missing {sorted(missing)}, unexpected {sorted(extra)}")
+        for n, m in self.modules.items():
+            m.load_lora_state(layers[n])
+
+    def restore(self) -> None:
+        """Put the original nn.Linear layers back (LoRA stacks are dropped, base weights intact)."""
+        for name, m in self.modules.items():
+            for p, flag in zip(m.base.parameters(), m._base_requires_grad):
+                p.requires_grad_(flag)
+            _set_submodule(self.model, name, m.base)
+        self.modules = {}
