@@ -41,6 +41,8 @@ class DataConfig(Strict):
     label: str | None = None
     #: skip unreadable/empty/silent files (listed in the run output) instead of failing
     skip_bad: bool = False
+    #: keep at most N clips per class (a fixed hash-ordered subset; quick runs and tests); None = all
+    max_per_class: int | None = Field(None, ge=2)
     #: synthetic data set size
     synthetic_classes: int = Field(10, ge=2)
     synthetic_clips_per_class: int = Field(20, ge=2)

@@ -81,7 +81,21 @@ def default_fsdd_root() -> Path:
 
 
 def build_dataset(cfg) -> AudioDataset:
-    """Build the data set named by a DataConfig."""
+    """Build the data set named by a DataConfig (optionally capped to N clips per class)."""
+    ds = _build(cfg)
+    if cfg.max_per_class is None:
+        return ds
+    kept: dict[str, int] = {}
+    items = []
+    # hash order: a deterministic subset that still spreads over speakers/folders
+    for it in sorted(ds.items, key=lambda it: hashlib.sha1(it.key.encode()).hexdigest()):
+        if kept.get(it.label, 0) < cfg.max_per_class:
+            kept[it.label] = kept.get(it.label, 0) + 1
+            items.append(it)
+    return AudioDataset(f"{ds.name}-max{cfg.max_per_class}", items, ds._loader, ds.description)
+
+
+def _build(cfg) -> AudioDataset:
     if cfg.dataset == "fsdd":
         from pace.data.fsdd import load_fsdd
 

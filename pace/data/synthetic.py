@@ -18,15 +18,20 @@ import torch
 from pace.data.datasets import AudioDataset, Item
 
 SR = 16_000
+#: bump when the generator changes: it is part of the data set name, hence of every cache key
+VERSION = 2
 KINDS = ("harmonic", "noise", "chirp", "am", "clicks")
 
 
 def _class_params(seed: int, c: int, variant: str) -> dict:
     rng = np.random.default_rng([seed, c, 0 if variant == "coarse" else 1])
     if variant == "fine":
-        return {"kind": "harmonic", "f0": rng.uniform(180, 220),
-                "weights": rng.dirichlet(np.ones(8)) * 2.0, "attack": rng.uniform(0.01, 0.2),
-                "decay": rng.uniform(0.5, 4.0)}
+        # one shared timbre plus a small class-specific deviation: classes overlap like voices do
+        base = np.random.default_rng([seed, 10**6]).dirichlet(np.ones(8))
+        w = np.clip(base + 0.06 * rng.standard_normal(8), 0.005, None)
+        return {"kind": "harmonic", "f0": float(rng.uniform(190, 210)), "weights": w / w.sum() * 2.0,
+                "attack": float(rng.uniform(0.02, 0.08)), "decay": float(rng.uniform(1.0, 2.5)),
+                "jitter": 0.35}
     kind = KINDS[c % len(KINDS)]
     return {"kind": kind, "f0": float(rng.uniform(100, 1500)), "f1": float(rng.uniform(200, 5000)),
             "weights": rng.dirichlet(np.ones(6)) * 2.0, "attack": float(rng.uniform(0.005, 0.1)),
@@ -43,8 +48,10 @@ def _render(p: dict, n: int, rng: np.random.Generator) -> np.ndarray:
     f0 = p["f0"] * rng.uniform(0.97, 1.03)
     kind = p["kind"]
     if kind == "harmonic":
+        # per-clip timbre jitter (fine variant) blurs the class boundaries
+        weights = p["weights"] * np.exp(p.get("jitter", 0.0) * rng.standard_normal(len(p["weights"])))
         x = sum(w * np.sin(2 * np.pi * f0 * (k + 1) * t + rng.uniform(0, 2 * np.pi))
-                for k, w in enumerate(p["weights"]))
+                for k, w in enumerate(weights))
     elif kind == "noise":
         spec = np.fft.rfft(rng.standard_normal(n))
         freqs = np.fft.rfftfreq(n, 1 / SR)
@@ -82,5 +89,5 @@ def make_synthetic(num_classes: int = 10, clips_per_class: int = 20, seconds: fl
         rng = np.random.default_rng([seed, c, i, 7])
         return torch.from_numpy(_render(params[c], n, rng))
 
-    return AudioDataset(f"synthetic-{variant}-{num_classes}x{clips_per_class}-{seconds:g}s-s{seed}", items,
+    return AudioDataset(f"synthetic-v{VERSION}-{variant}-{num_classes}x{clips_per_class}-{seconds:g}s-s{seed}", items,
                         loader=load, description=f"procedural {variant} audio, seed {seed}")

@@ -37,7 +37,7 @@ class Joint(Learner):
             raise NotImplementedError("joint with adapt: lora comes with the PEFT parts")
         self.z = torch.empty(0, backbone.embed_dim)
         self.y = torch.empty(0, dtype=torch.long)
-        self.head = torch.nn.Linear(backbone.embed_dim, 0)
+        self.head: torch.nn.Linear | None = None
 
     def learn(self, session: Session) -> None:
         self.z = torch.cat([self.z, split_embeddings(self, session.train)])
