@@ -5,7 +5,7 @@ Importing this package registers every built-in method (name -> config class + l
 
 import importlib
 
-for _mod in ("simplecil", "joint", "ranpac", "acl", "peft_ft", "lorasub", "pace"):
+for _mod in ("simplecil", "joint", "ranpac", "acl", "sequential_lora", "pace"):
     try:
         importlib.import_module(f"pace.methods.{_mod}")
     except ModuleNotFoundError as _exc:  # a method module not written yet

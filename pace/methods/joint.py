@@ -1,9 +1,9 @@
 """Joint training: the non-continual upper bound.
 
 After each session the model is trained on *all* data seen so far (it keeps every training clip, so
-it is not a continual learner; it marks the ceiling). With ``adapt: none`` a linear softmax head is
-fitted on frozen embeddings; with ``adapt: lora`` LoRA on the backbone and the head are trained
-jointly (the paper's "joint training with LoRA" row).
+it is not a continual learner; it marks the ceiling). Here a linear softmax head is fitted on frozen
+embeddings; ``joint_lora`` (methods/sequential_lora.py) also trains LoRA on the backbone (the paper's
+"joint training with LoRA" row).
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ class JointConfig(MethodConfig):
     """Upper bound: retrain on all data seen so far after every session."""
 
     name: Literal["joint"] = "joint"
-    adapt: Literal["none", "lora"] = "none"
     epochs: int = Field(100, ge=1)
     lr: float = Field(0.01, gt=0)
     weight_decay: float = Field(0.0, ge=0)
@@ -33,8 +32,6 @@ class JointConfig(MethodConfig):
 class Joint(Learner):
     def __init__(self, cfg, backbone, ctx):
         super().__init__(cfg, backbone, ctx)
-        if cfg.adapt != "none":
-            raise NotImplementedError("joint with adapt: lora comes with the PEFT parts")
         self.z = torch.empty(0, backbone.embed_dim)
         self.y = torch.empty(0, dtype=torch.long)
         self.head: torch.nn.Linear | None = None

@@ -1,0 +1,65 @@
+"""RanPAC (McDonnell et al., NeurIPS 2023), as in its official code, on an audio backbone.
+
+Session 1: optional first-session adaptation (FSA; the official code trains an adapter/SSF/VPT module
+through a cosine head; here LoRA on every block through a cosine head), then the backbone is frozen.
+Every session: frozen embeddings -> fixed random projection (N(0, 1), ReLU, M = 8192 here as in PACE)
+-> cumulative Gram statistics; the ridge strength is selected on the current session only (first 80 %
+of its shuffled training clips fit, last 20 % validate, 17 values 1e-8..1e8, lowest MSE), then the
+cumulative system is solved. The head is the inner product with the ridge weights.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from pace.config import MethodConfig
+from pace.methods.base import Learner, Session, register_method
+from pace.methods.common import batch_embeddings, split_embeddings
+from pace.methods.parts import (Adapter, AnalyticClassifier, AnalyticConfig, FSAConfig,
+                                first_session_adaptation, freeze_backbone)
+
+
+class RanPACConfig(MethodConfig):
+    """Random projection + ridge head on a backbone adapted on the first session (RanPAC)."""
+
+    name: Literal["ranpac"] = "ranpac"
+    fsa: FSAConfig = Field(default_factory=FSAConfig)
+    analytic: AnalyticConfig = Field(default_factory=AnalyticConfig)
+
+
+class AnalyticLearner(Learner):
+    """Shared by RanPAC and ACL: optional FSA on session 1, then analytic updates only."""
+
+    def __init__(self, cfg, backbone, ctx):
+        super().__init__(cfg, backbone, ctx)
+        freeze_backbone(backbone)
+        self.adapter = Adapter(backbone, cfg.fsa.lora)
+        self.classifier = AnalyticClassifier(backbone.embed_dim, cfg.analytic, seed=ctx.seeds.init)
+        self.classifier.to(ctx.device)
+
+    def learn(self, session: Session) -> None:
+        if session.index == 0 and self.cfg.fsa.enabled:
+            first_session_adaptation(self, session, self.cfg.fsa, self.adapter)
+        z = split_embeddings(self, session.train).to(self.ctx.device)
+        self.classifier.fit_session(z, session.train.y.to(self.ctx.device), session.num_seen,
+                                    self.ctx.generator(f"ridge:{session.index}"))
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier.logits(batch_embeddings(self, x))[:, : self.num_seen]
+
+    def state_dict(self):
+        return {**super().state_dict(), "adapter": self.adapter.state_dict(),
+                "classifier": self.classifier.state_dict()}
+
+    def load_state_dict(self, state) -> None:
+        super().load_state_dict(state)
+        self.adapter.load_state_dict(state["adapter"])
+        self.classifier.load_state_dict(state["classifier"])
+
+
+@register_method(RanPACConfig)
+class RanPAC(AnalyticLearner):
+    pass

@@ -1,0 +1,175 @@
+"""Gradient-trained LoRA learners with a growing linear head, one class, three configs:
+
+- ``peft_ft``: sequential LoRA fine-tuning. One LoRA stack on every block keeps training session
+  after session together with a head that grows by the new classes; cross-entropy over all seen
+  classes on the current data only. No protection: the naive baseline that forgets.
+- ``lorasub`` (LoRA-DRS, Liu & Chang, CVPR 2025): a new LoRA stack per session, earlier ones frozen;
+  its updates are projected onto the subspace of the current data's layer inputs under the
+  LoRA-subtracted model (rho 0.99 of the energy); the head's old rows are frozen and the loss covers
+  the current session's classes (logits of old classes masked).
+- ``joint_lora``: the upper bound. One LoRA stack and the head trained on every clip seen so far
+  (it stores them all), after every session.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from pace.config import MethodConfig
+from pace.embed import autocast
+from pace.heads.linear import LinearHead
+from pace.methods.base import Learner, Session, Split, register_method
+from pace.methods.parts import Adapter, LoRAConfig, TrainConfig, freeze_backbone
+from pace.peft.projection import GradientProjector, collect_input_covariances, subspace_bases
+
+
+class _SeqLoRAConfig(MethodConfig):
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=5, lr=0.01))
+    head_lr: float = Field(0.01, gt=0)
+    lora: LoRAConfig = Field(default_factory=LoRAConfig)
+    blocks: list[int] | None = None  # None = every block
+
+
+class PEFTFTConfig(_SeqLoRAConfig):
+    """Sequential LoRA fine-tuning with a growing linear head (no protection against forgetting)."""
+
+    name: Literal["peft_ft"] = "peft_ft"
+
+
+class LoRASubConfig(_SeqLoRAConfig):
+    """LoRA-DRS: per-session LoRA with updates projected onto the current data's drift-resistant space."""
+
+    name: Literal["lorasub"] = "lorasub"
+    rho_svd: float = Field(0.99, gt=0, le=1)
+    energy: Literal["eig", "sv2"] = "eig"
+    projection_mode: Literal["onto", "complement"] = "onto"
+
+
+class JointLoRAConfig(_SeqLoRAConfig):
+    """Upper bound: LoRA and head retrained on all data seen so far after every session."""
+
+    name: Literal["joint_lora"] = "joint_lora"
+
+
+class SequentialLoRA(Learner):
+    new_stack_per_session = False
+    project = False
+    masked_loss = False
+    replay_all = False
+
+    def __init__(self, cfg, backbone, ctx):
+        super().__init__(cfg, backbone, ctx)
+        if backbone.num_blocks == 0:
+            raise ValueError(f"{cfg.name} trains LoRA; backbone {backbone.name!r} has no blocks")
+        freeze_backbone(backbone)
+        self.adapter = Adapter(backbone, cfg.lora)
+        self.adapter.attach(list(range(backbone.num_blocks)) if cfg.blocks is None else cfg.blocks)
+        self.head = LinearHead(backbone.embed_dim).to(ctx.device)
+        self.seen: Split | None = None  # joint_lora only
+
+    def learn(self, session: Session) -> None:
+        ctx = self.ctx
+        self.head.expand(session.num_seen, ctx.generator(f"head:{session.index}"))
+        if self.new_stack_per_session or self.adapter.num_sessions == 0:
+            self.adapter.new_session(ctx.generator(f"lora:{session.index}"))
+        data = session.train
+        if self.replay_all:
+            self.seen = data if self.seen is None else _concat(self.seen, data)
+            data = self.seen
+        projector = None
+        if self.project:
+            covs = collect_input_covariances(self.adapter.manager, self.backbone, data.x, ctx.eval_batch_size,
+                                             ctx.device)
+            projector = GradientProjector(self.adapter.manager,
+                                          subspace_bases(covs, self.cfg.rho_svd, self.cfg.energy),
+                                          mode=self.cfg.projection_mode)
+        try:
+            self._fit(data, session, projector)
+        finally:
+            if projector is not None:
+                projector.remove()
+        if self.new_stack_per_session:
+            self.adapter.freeze()
+
+    def _fit(self, data: Split, session: Session, projector) -> None:
+        cfg, ctx, bb = self.cfg, self.ctx, self.backbone
+        lo = session.classes[0] if self.masked_loss else 0
+        params = self.adapter.manager.trainable_parameters()
+        head_params = list(self.head.parameters())
+        for p in head_params:
+            p.requires_grad_(True)
+        opt = (torch.optim.SGD if cfg.train.optimizer == "sgd" else torch.optim.AdamW)(
+            [{"params": params, "lr": cfg.train.lr}, {"params": head_params, "lr": cfg.head_lr}],
+            **({"momentum": cfg.train.momentum} if cfg.train.optimizer == "sgd" else {}),
+            weight_decay=cfg.train.weight_decay)
+        g = ctx.generator(f"train:{session.index}")
+        bb.train()
+        seen = 0
+        for _ in range(cfg.train.epochs):
+            order = torch.randperm(len(data), generator=g)
+            for s in range(0, len(data), ctx.batch_size):
+                idx = order[s:s + ctx.batch_size]
+                x, y = data.x[idx].to(ctx.device), data.y[idx].to(ctx.device)
+                with autocast(ctx):
+                    logits = self.head(bb(x).pooled.float())
+                    # lorasub: only the current session's classes compete (old rows get no gradient)
+                    loss = F.cross_entropy(logits[:, lo:session.num_seen], y - lo)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if projector is not None:
+                    projector.reproject()
+                seen += len(idx)
+        bb.eval()
+        ctx.count("backward_samples", seen)
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), autocast(self.ctx):
+            return self.head(self.backbone(x.to(self.ctx.device)).pooled.float())[:, : self.num_seen].float()
+
+    def state_dict(self):
+        state = {**super().state_dict(), "adapter": self.adapter.state_dict(), "head": self.head.state_dict()}
+        if self.seen is not None:
+            state["seen"] = {"x": self.seen.x, "y": self.seen.y, "keys": list(self.seen.keys)}
+        return state
+
+    def load_state_dict(self, state) -> None:
+        super().load_state_dict(state)
+        self.adapter.manager.restore()
+        self.adapter = Adapter(self.backbone, self.cfg.lora)
+        self.adapter.load_state_dict(state["adapter"])
+        if not self.new_stack_per_session:  # the single stack keeps training
+            for p in self.adapter.manager.modules.values():
+                for a, b in zip(p.lora_A, p.lora_B):
+                    a.requires_grad_(True)
+                    b.requires_grad_(True)
+        self.head.load_state_dict(state["head"])
+        if "seen" in state:
+            s = state["seen"]
+            self.seen = Split(s["x"], s["y"], list(s["keys"]))
+
+
+def _concat(a: Split, b: Split) -> Split:
+    return Split(torch.cat([a.x, b.x]), torch.cat([a.y, b.y]), a.keys + b.keys)
+
+
+@register_method(PEFTFTConfig)
+class PEFTFT(SequentialLoRA):
+    pass
+
+
+@register_method(LoRASubConfig)
+class LoRASub(SequentialLoRA):
+    new_stack_per_session = True
+    project = True
+    masked_loss = True
+
+
+@register_method(JointLoRAConfig)
+class JointLoRA(SequentialLoRA):
+    replay_all = True
