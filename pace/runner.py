@@ -113,7 +113,8 @@ class Runner:
     # ---------------------------------------------------------------- set-up
     def prepare(self) -> None:
         cfg = self.cfg
-        self.backbone = build_backbone(cfg.backbone).to(self.device)
+        # Randomly initialised backbones draw from the run's init seed unless the config pins one.
+        self.backbone = build_backbone(cfg.backbone, init_seed=cfg.seeds.init).to(self.device)
         dataset = build_dataset(cfg.data)
         self.dataset = dataset
         self.table = extract_features(dataset, self.backbone.frontend, self.cache,

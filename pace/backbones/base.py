@@ -56,8 +56,8 @@ class Backbone(nn.Module, ABC):
         """
         if h.dim() == 2:
             return h
-        if self.pooling == "cls" and self.has_cls:
-            return h[:, 0]
+        if self.has_cls:
+            return h[:, 0] if self.pooling == "cls" else h[:, 1:].mean(dim=1)
         return h.mean(dim=1)
 
     has_cls: bool = False

@@ -35,4 +35,5 @@ def _build(cfg) -> LogMelStats:
     return LogMelStats(FbankFrontend(**cfg.frontend_overrides()))
 
 
-register(BackboneSpec("logmel-stats", "fbank", 256, 0, "none (no parameters)", _build, test_size=True))
+register(BackboneSpec("logmel-stats", "fbank", 256, 0, "none (no parameters)", _build, test_size=True,
+                      seedable=False))

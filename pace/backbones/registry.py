@@ -24,6 +24,8 @@ class BackboneSpec:
     weights: str  # where pretrained weights come from
     build: Callable[["BackboneConfig"], "Backbone"]
     test_size: bool = False  # tiny builds for tests and smoke runs
+    #: random-init builds take ``options.seed``; the runner fills it from ``seeds.init`` when unset
+    seedable: bool = True
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}
@@ -62,8 +64,10 @@ def get_spec(name: str) -> BackboneSpec:
     return _REGISTRY[name]
 
 
-def build_backbone(cfg: "BackboneConfig") -> "Backbone":
+def build_backbone(cfg: "BackboneConfig", init_seed: int | None = None) -> "Backbone":
     spec = get_spec(cfg.name)
+    if init_seed is not None and spec.seedable and "seed" not in cfg.options:
+        cfg = cfg.model_copy(update={"options": {**cfg.options, "seed": init_seed}})
     bb = spec.build(cfg)
     bb.name = spec.name
     return bb
