@@ -60,9 +60,14 @@ def cmd_data_check(args) -> int:
     from pace.config import DataConfig
     from pace.data.audio import AudioError
     from pace.data.datasets import build_dataset
+    from pace.data.presets import PRESETS, check_summary, preset_configs
 
-    cfg = DataConfig(dataset=args.dataset, root=args.root, label=args.label)
-    ds = build_dataset(cfg)
+    scen = None
+    if args.dataset in PRESETS:  # a preset checks its own data set and whether its sessions fit
+        cfg, scen = preset_configs(args.dataset, args.root)
+    else:
+        cfg = DataConfig(dataset=args.dataset, root=args.root, label=args.label, subset=args.subset)
+    ds = build_dataset(cfg)  # missing metadata, columns or files stop here with the file named
     bad = []
     from tqdm.auto import tqdm
 
@@ -71,13 +76,28 @@ def cmd_data_check(args) -> int:
             ds.waveform(it)
         except AudioError as exc:
             bad.append((it.key, exc.reason))
-    counts = ds.class_counts()
-    print(f"{ds.name}: {len(ds)} clips, {len(counts)} classes, "
-          f"{min(counts.values())}-{max(counts.values())} clips per class")
+    summary, ok = check_summary(ds, args.dataset if scen is not None else None, scen)
+    print(summary)
     for key, why in bad:
         print(f"  bad: {key}: {why}")
     print(f"{len(bad)} bad file(s)")
-    return 1 if bad else 0
+    return 1 if bad or not ok else 0
+
+
+def cmd_data_describe(args) -> int:
+    from pace.data.presets import describe, list_presets, preset_fields
+
+    if not args.preset:
+        print(list_presets())
+        return 0
+    if args.yaml:  # the data/scenario sections to paste into a run config
+        import yaml
+
+        data, scen = preset_fields(args.preset, args.root)
+        print(yaml.safe_dump({"data": data, "scenario": scen}, sort_keys=False), end="")
+        return 0
+    print(describe(args.preset, args.root))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,11 +121,25 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("data", help="inspect data sets")
     dsub = d.add_subparsers(dest="data_command", required=True)
     dc = dsub.add_parser("check", help="read every clip of a data set and report bad files")
-    dc.add_argument("dataset", choices=["fsdd", "folder", "manifest", "synthetic"])
-    dc.add_argument("--root", help="data set root (or manifest CSV)")
-    dc.add_argument("--label", help="label kind (fsdd: digit|speaker|digit_speaker)")
+    from pace.data.presets import PRESETS
+
+    kinds = ["fsdd", "folder", "manifest", "synthetic", "esc50", "us8k", "speechcommands", "timit", "vocalset",
+             "nsynth"]
+    dc.add_argument("dataset", metavar="NAME", choices=kinds + list(PRESETS),
+                    help=f"a data set kind ({', '.join(kinds)}) or a preset (pace data describe lists them)")
+    dc.add_argument("--root", help="data set root (or manifest CSV); for a sequence preset, the folder of its parts")
+    dc.add_argument("--label", help="label kind (fsdd: digit|speaker|digit_speaker; timit, vocalset, nsynth: see docs)")
+    dc.add_argument("--subset", help="named subset (esc50: esc10; nsynth: nonvocal|acoustic|...)")
     dc.add_argument("--quiet", action="store_true")
     dc.set_defaults(func=cmd_data_check)
+    dd = dsub.add_parser("describe", help="a benchmark preset's sessions (nominal, or counted from --root)")
+    dd.add_argument("preset", nargs="?", help="preset name; omit to list the presets")
+    dd.add_argument("--root", help="data set root (sequence presets: the folder holding one sub-folder per part)")
+    dd.add_argument("--yaml", action="store_true", help="print the preset's data/scenario config sections instead")
+    dd.set_defaults(func=cmd_data_describe)
+    from pace.data.render import add_render_cli
+
+    add_render_cli(dsub)
 
     for extra in ("pace.sweep", "pace.report", "pace.benchmarks"):
         try:

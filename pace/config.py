@@ -34,11 +34,17 @@ class Seeds(Strict):
 
 
 class DataConfig(Strict):
-    dataset: Literal["fsdd", "folder", "manifest", "synthetic"] = "synthetic"
+    dataset: Literal["fsdd", "folder", "manifest", "synthetic", "esc50", "us8k", "speechcommands", "timit",
+                     "vocalset", "nsynth", "sequence"] = "synthetic"
     #: dataset root (fsdd, folder) or CSV file (manifest); fsdd defaults to $PACE_FSDD_ROOT or ../shared
     root: str | None = None
-    #: label to learn. fsdd: digit | speaker | digit_speaker; synthetic: coarse | fine
+    #: label to learn. fsdd: digit | speaker | digit_speaker; synthetic: coarse | fine;
+    #: timit: speaker | dialect; vocalset: technique | technique_all | singer; nsynth: family | instrument | source
     label: str | None = None
+    #: named subset. esc50: esc10; nsynth: nonvocal | acoustic | electronic | synthetic (join with '+')
+    subset: str | None = None
+    #: dataset=sequence: the data sets in session order (pace/data/sequence.py)
+    parts: list[SequencePart] = Field(default_factory=list)
     #: skip unreadable/empty/silent files (listed in the run output) instead of failing
     skip_bad: bool = False
     #: keep at most N clips per class (a fixed hash-ordered subset; quick runs and tests); None = all
@@ -48,6 +54,20 @@ class DataConfig(Strict):
     synthetic_clips_per_class: int = Field(20, ge=2)
     synthetic_seconds: float = Field(1.0, gt=0.1, le=10.0)
     synthetic_seed: int = 1234
+
+
+class SequencePart(Strict):
+    """One data set of a cross-dataset sequence; its classes fill ``num_sessions`` consecutive sessions."""
+
+    #: label prefix ("esc50" -> "esc50:dog"), so the parts' label spaces stay apart
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    data: DataConfig
+    num_sessions: int = Field(ge=1)
+    #: use only the first N classes of this part's seeded class order
+    max_classes: int | None = Field(None, ge=1)
+
+
+DataConfig.model_rebuild()
 
 
 class ScenarioConfig(Strict):

@@ -96,6 +96,10 @@ def build_dataset(cfg) -> AudioDataset:
 
 
 def _build(cfg) -> AudioDataset:
+    if cfg.parts and cfg.dataset != "sequence":
+        raise ValueError(f"data.parts is only used with data.dataset=sequence, not {cfg.dataset!r}")
+    if cfg.subset is not None and cfg.dataset not in ("esc50", "nsynth"):
+        raise ValueError(f"data.subset is only used with esc50 (esc10) and nsynth, not {cfg.dataset!r}")
     if cfg.dataset == "fsdd":
         from pace.data.fsdd import load_fsdd
 
@@ -108,6 +112,34 @@ def _build(cfg) -> AudioDataset:
         from pace.data.folder import load_manifest
 
         return load_manifest(_required_root(cfg))
+    if cfg.dataset == "esc50":
+        from pace.data.esc50 import load_esc50
+
+        return load_esc50(_required_root(cfg), subset=cfg.subset)
+    if cfg.dataset == "us8k":
+        from pace.data.us8k import load_us8k
+
+        return load_us8k(_required_root(cfg))
+    if cfg.dataset == "speechcommands":
+        from pace.data.speechcommands import load_speechcommands
+
+        return load_speechcommands(_required_root(cfg))
+    if cfg.dataset == "timit":
+        from pace.data.timit import load_timit
+
+        return load_timit(_required_root(cfg), label=cfg.label or "speaker")
+    if cfg.dataset == "vocalset":
+        from pace.data.vocalset import load_vocalset
+
+        return load_vocalset(_required_root(cfg), label=cfg.label or "technique")
+    if cfg.dataset == "nsynth":
+        from pace.data.nsynth import load_nsynth
+
+        return load_nsynth(_required_root(cfg), label=cfg.label or "family", subset=cfg.subset)
+    if cfg.dataset == "sequence":
+        from pace.data.sequence import load_sequence
+
+        return load_sequence(cfg)
     if cfg.dataset == "synthetic":
         from pace.data.synthetic import make_synthetic
 

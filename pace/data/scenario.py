@@ -3,13 +3,16 @@
 Three independent seeds: the class order, the split, and (elsewhere) model init. The split is drawn
 per class in sorted label order, so changing the class-order seed never changes which clips are test
 clips. Global class ids are positions in the class order, so session t's classes are contiguous ids
-and the classes seen after session t are 0..K_t-1.
+and the classes seen after session t are 0..K_t-1. In a cross-dataset sequence (items that carry a
+``part``, pace/data/sequence.py) each part's classes fill its own sessions, in order, shuffled within
+the part only.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -91,13 +94,16 @@ def _split_class(rows: list[int], rng: np.random.Generator, test_fraction: float
 
 def build_scenario(items: list[Item], cfg, seeds) -> Scenario:
     """Sessions from items (aligned with feature rows), a ScenarioConfig and Seeds."""
-    labels = sorted({it.label for it in items})
-    order = [labels[i] for i in np.random.default_rng(seeds.class_order).permutation(len(labels))]
-    if cfg.max_classes is not None:
-        if cfg.max_classes > len(order):
-            raise ValueError(f"scenario.max_classes={cfg.max_classes} but the data set has {len(order)} classes")
-        order = order[: cfg.max_classes]
-    sizes = session_sizes(len(order), cfg.num_sessions, cfg.first_session_classes)
+    if any(getattr(it, "part", None) is not None for it in items):
+        order, sizes = _sequence_order(items, cfg, seeds)
+    else:
+        labels = sorted({it.label for it in items})
+        order = [labels[i] for i in np.random.default_rng(seeds.class_order).permutation(len(labels))]
+        if cfg.max_classes is not None:
+            if cfg.max_classes > len(order):
+                raise ValueError(f"scenario.max_classes={cfg.max_classes} but the data set has {len(order)} classes")
+            order = order[: cfg.max_classes]
+        sizes = session_sizes(len(order), cfg.num_sessions, cfg.first_session_classes)
 
     rows_by_label: dict[str, list[int]] = {lab: [] for lab in order}
     for i, it in enumerate(items):
@@ -125,6 +131,44 @@ def build_scenario(items: list[Item], cfg, seeds) -> Scenario:
             te += d
         sessions.append(SessionSpec(t, cls, sorted(tr), sorted(va), sorted(te)))
     return Scenario(order, sessions)
+
+
+def _sequence_order(items: list[Item], cfg, seeds) -> tuple[list[str], list[int]]:
+    """Class order and session sizes of a cross-dataset sequence (items carry a ``part``, see
+    pace/data/sequence.py): each part's classes fill its own sessions, parts in their given order, and
+    the class order is shuffled within a part only."""
+    if cfg.first_session_classes is not None or cfg.max_classes is not None:
+        raise ValueError("scenario.first_session_classes and scenario.max_classes do not apply to a sequence; "
+                         "set data.parts[i].num_sessions and data.parts[i].max_classes instead")
+    parts, labels = {}, {}
+    for it in items:
+        p = getattr(it, "part", None)
+        if p is None:
+            raise ValueError(f"item {it.key!r} belongs to no sequence part; a sequence cannot mix in plain items")
+        parts[p.index] = p
+        labels.setdefault(p.index, set()).add(it.label)
+    total = sum(p.num_sessions for p in parts.values())
+    if cfg.num_sessions != total:
+        detail = " + ".join(f"{p.name} {p.num_sessions}" for _, p in sorted(parts.items()))
+        raise ValueError(f"scenario.num_sessions={cfg.num_sessions} but the sequence parts give {total} "
+                         f"sessions ({detail}); set scenario.num_sessions: {total}")
+    order, sizes = [], []
+    for idx in sorted(parts):
+        p, labs = parts[idx], sorted(labels[idx])
+        # seeded by the part's name as well: adding or reordering parts leaves a part's own order alone
+        rng = np.random.default_rng([seeds.class_order, zlib.crc32(p.name.encode())])
+        part_order = [labs[i] for i in rng.permutation(len(labs))]
+        if p.max_classes is not None:
+            if p.max_classes > len(part_order):
+                raise ValueError(f"data.parts[{idx}] ({p.name!r}): max_classes={p.max_classes} but the part "
+                                 f"has {len(part_order)} classes")
+            part_order = part_order[: p.max_classes]
+        if len(part_order) % p.num_sessions:
+            raise ValueError(f"data.parts[{idx}] ({p.name!r}): {len(part_order)} classes do not split into "
+                             f"{p.num_sessions} equal sessions; change its num_sessions or max_classes")
+        order += part_order
+        sizes += [len(part_order) // p.num_sessions] * p.num_sessions
+    return order, sizes
 
 
 def _official(rows, items, lab, rng, val_fraction):
