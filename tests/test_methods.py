@@ -84,7 +84,7 @@ def test_pace_default_runs_every_component(tmp_path):
     ({"n_stop": 0}, lambda L: L.adapted_sessions == [0]),  # 8 clips already exceed N_stop = 0
     ({"perturbation": "noise"}, lambda L: any(e.startswith("boundary:") for e in L.trace)),
     ({"perturbation": "pitch"}, lambda L: any(e.startswith("boundary:") for e in L.trace)),
-    ({"projection_mode": "complement"}, lambda L: "projection:2" in L.trace),
+    ({"projection_mode": "onto"}, lambda L: "projection:2" in L.trace),
 ], ids=lambda v: str(v) if isinstance(v, dict) else "")
 def test_each_pace_switch_changes_what_runs(tmp_path, switches, check):
     assert check(_trace(tmp_path, **switches))

@@ -4,8 +4,9 @@
   after session together with a head that grows by the new classes; cross-entropy over all seen
   classes on the current data only. No protection: the naive baseline that forgets.
 - ``lorasub`` (LoRA-DRS, Liu & Chang, CVPR 2025): a new LoRA stack per session, earlier ones frozen;
-  its updates are projected onto the subspace of the current data's layer inputs under the
-  LoRA-subtracted model (rho 0.99 of the energy); the head's old rows are frozen and the loss covers
+  its updates are restricted by the subspace of the current data's layer inputs under the
+  LoRA-subtracted model (rho 0.99 of the energy; orthogonal to it by default, see PACEConfig's
+  projection_mode for why); the head's old rows are frozen and the loss covers
   the current session's classes (logits of old classes masked).
 - ``joint_lora``: the upper bound. One LoRA stack and the head trained on every clip seen so far
   (it stores them all), after every session.
@@ -47,7 +48,7 @@ class LoRASubConfig(_SeqLoRAConfig):
     name: Literal["lorasub"] = "lorasub"
     rho_svd: float = Field(0.99, gt=0, le=1)
     energy: Literal["eig", "sv2"] = "eig"
-    projection_mode: Literal["onto", "complement"] = "onto"
+    projection_mode: Literal["onto", "complement"] = "complement"
 
 
 class JointLoRAConfig(_SeqLoRAConfig):
