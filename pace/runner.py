@@ -130,6 +130,8 @@ class Runner:
         (self.out / "run_info.json").write_text(json.dumps(
             {**provenance(), "dataset": dataset.description, "bad_files": self.table.bad,
              "device": str(self.device)}, indent=1))
+        from pace.hooks import build_hooks
+        self.analysis_hooks = build_hooks(self)
 
     def split(self, rows: list[int]) -> Split:
         idx = torch.tensor(rows, dtype=torch.long)

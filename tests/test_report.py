@@ -1,0 +1,232 @@
+"""pace report over an MLflow store written here through MlflowClient (the layout pace.tracking writes)."""
+
+import math
+
+import pytest
+
+pytest.importorskip("mlflow")
+from mlflow.entities import Metric, Param  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from pace.cli import main  # noqa: E402
+from pace.report import (FLAG, aggregate, build_table, load_study, read_matrix_csv, run_compare,  # noqa: E402
+                         run_report, summarize, tidy, to_csv, to_latex, to_markdown)
+
+# (variant, benchmark, seed) -> last_accuracy. Means and sample stds by hand:
+#   full/esc50   94 95 96 -> 95, sqrt((1+0+1)/2) = 1
+#   full/sc2     91 92 96 -> 93, sqrt((4+1+9)/2) = sqrt(7) = 2.6458
+#   wo_fsa/esc50 90 92 94 -> 92, sqrt((4+0+4)/2) = 2
+#   wo_fsa/sc2   80 84    -> 82, sqrt((4+4)/1) = sqrt(8) = 2.8284   (seed 2 missing: flagged)
+STUDY_A = {("full", "esc50", 0): 94.0, ("full", "esc50", 1): 95.0, ("full", "esc50", 2): 96.0,
+           ("full", "sc2", 0): 91.0, ("full", "sc2", 1): 92.0, ("full", "sc2", 2): 96.0,
+           ("wo_fsa", "esc50", 0): 90.0, ("wo_fsa", "esc50", 1): 92.0, ("wo_fsa", "esc50", 2): 94.0,
+           ("wo_fsa", "sc2", 0): 80.0, ("wo_fsa", "sc2", 1): 84.0}
+#   full/esc50 95.5 96 96.5 -> 96 (B - A = +1); wo_fsa/esc50 91 95 97 -> 94.33 (B - A = +2.33)
+STUDY_B = {("full", "esc50", 0): 95.5, ("full", "esc50", 1): 96.0, ("full", "esc50", 2): 96.5,
+           ("wo_fsa", "esc50", 0): 91.0, ("wo_fsa", "esc50", 1): 95.0, ("wo_fsa", "esc50", 2): 97.0}
+
+
+def _matrix(last):
+    """A 3-session lower-triangular matrix whose last row's mean is ``last``."""
+    return [[100.0], [95.0, 90.0], [last - 5.0, last, last + 5.0]]
+
+
+def _log_child(client, exp, parent, variant, bench, seed, last, status="FINISHED", tmp=None, params=None):
+    tags = {"mlflow.parentRunId": parent, "method": "pace", "backbone": "eat-base", "benchmark": bench,
+            "seed": str(seed), "variant": variant, "git_commit": "abc"}
+    run = client.create_run(exp, tags=tags)
+    rid = run.info.run_id
+    m = _matrix(last)
+    ps = [Param(k, str(v)) for k, v in {"method.name": "pace", "scenario.num_sessions": 3,
+                                        **(params or {})}.items()]
+    hist = [Metric("acc_all", v, 1000 + t, t) for t, v in enumerate([100.0, 92.5, last])]
+    hist += [Metric("forgetting", v, 1000 + t, t) for t, v in enumerate([0.0, 5.0, 7.5])]
+    final = {"last_accuracy": last, "average_incremental_accuracy": (100 + 92.5 + last) / 3, "bwt": -7.5,
+             "plasticity": (100 + 90 + last + 5) / 3, "stability": 90.0, "first_task_accuracy": last - 5,
+             "new_task_accuracy": last + 2.5}
+    hist += [Metric(k, v, 2000, 2) for k, v in final.items()]
+    client.log_batch(rid, metrics=hist, params=ps)
+    if tmp is not None:
+        path = tmp / f"{rid}.csv"
+        path.write_text("session_1,session_2,session_3\n" + "\n".join(
+            ",".join(f"{v:.4f}" for v in row) + "," * (3 - len(row)) for row in m) + "\n")
+        d = tmp / rid
+        d.mkdir()
+        (d / "accuracy_matrix.csv").write_text(path.read_text())
+        client.log_artifact(rid, str(d / "accuracy_matrix.csv"))
+    if status != "RUNNING":  # create_run leaves a run RUNNING, like a trial cut off mid-way
+        client.set_terminated(rid, status)
+    return rid
+
+
+def _study(client, name, values, tmp, extra=True, params_for=None):
+    exp = client.create_experiment(name, artifact_location=(tmp / "art" / name).as_uri())
+    parent = client.create_run(exp, tags={"pace.role": "study", "pace.kind": "ablation"}).info.run_id
+    for (variant, bench, seed), v in values.items():
+        _log_child(client, exp, parent, variant, bench, seed, v, tmp=tmp,
+                   params=params_for(variant) if params_for else None)
+    if extra:  # must be ignored: absurd values would move every mean
+        _log_child(client, exp, parent, "full", "esc50", 3, 10.0, status="RUNNING")
+        _log_child(client, exp, parent, "wo_fsa", "sc2", 2, 0.0, status="FAILED")
+    client.set_terminated(parent, "FINISHED")
+    return exp, parent
+
+
+def _rho_values():
+    vals = {}
+    for rho, base in (("0.9", 90.0), ("0.94", 94.0), ("None", 80.0)):
+        for bench, off in (("esc50", 0.0), ("sc2", -10.0)):
+            for seed in (0, 1):
+                vals[(rho, bench, seed)] = base + off + seed  # mean = base + off + 0.5
+    return vals
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    # one database for the module: creating an MLflow sqlite schema takes ~10 s on 2 cores
+    tmp = tmp_path_factory.mktemp("store")
+    uri = f"sqlite:///{tmp}/mlflow.db"
+    client = MlflowClient(tracking_uri=uri)
+    files = tmp / "files"
+    files.mkdir()
+    _, parent = _study(client, "abl", STUDY_A, files)
+    _study(client, "abl_b", STUDY_B, files, extra=False)
+    _study(client, "rho", _rho_values(), files, extra=False, params_for=lambda rho: {"method.rho_layer": rho})
+    return uri, client, parent, tmp
+
+
+EXPECTED_MD = """\
+**abl: last_accuracy**
+
+| variant | esc50 | sc2 |
+|---|---:|---:|
+| full | **95.00 ± 1.00 (3)** | **93.00 ± 2.65 (3)** |
+| wo_fsa | 92.00 ± 2.00 (3) Δ -3.00 (-3.16%) | 82.00 ± 2.83 (2)† Δ -11.00 (-11.83%) |
+
+mean ± sample std (ddof=1) over seeds, (n) runs; best per column in bold.
+† fewer runs than the table's largest n (3): wo_fsa on sc2: n = 2, missing seed(s) 2.
+Δ: difference to 'full' in points (relative change in %).
+"""
+
+
+def test_report_table_from_store(store):
+    uri, client, parent, tmp = store
+    out = tmp / "rep"
+    res = run_report(uri, "abl", out, baseline="full", max_heatmaps=3)
+    t = res.tables["last_accuracy"]
+    assert to_markdown(t) == EXPECTED_MD
+    assert any("ignored 1 FAILED run(s), 1 RUNNING run(s)" in n for n in res.notes)
+    assert to_csv(t).splitlines() == [
+        "variant,esc50,sc2",
+        "full,95.00 ± 1.00 (3)*,93.00 ± 2.65 (3)*",
+        "wo_fsa,92.00 ± 2.00 (3) Δ -3.00 (-3.16%),82.00 ± 2.83 (2)† Δ -11.00 (-11.83%)"]
+    tex = to_latex(t)
+    assert r"\textbf{95.00 $\pm$ 1.00 (3)}" in tex and r"wo\_fsa" in tex and r"\textsuperscript{\dag}" in tex
+    # the numbers behind the cells
+    rec = {(r["row"], r["column"]): r for r in t.records}
+    assert rec[("full", "sc2")]["std"] == pytest.approx(math.sqrt(7))
+    assert rec[("wo_fsa", "sc2")]["std"] == pytest.approx(math.sqrt(8))
+    assert rec[("wo_fsa", "sc2")]["flagged"] and rec[("wo_fsa", "sc2")]["missing_seeds"] == "2"
+    assert rec[("wo_fsa", "esc50")]["delta"] == pytest.approx(-3.0)
+    names = {p.name for p in res.files}
+    assert {"table_last_accuracy.md", "table_last_accuracy.csv", "table_last_accuracy.tex",
+            "table_last_accuracy_long.csv"} <= names
+    assert (out / "table_last_accuracy.md").read_text() == EXPECTED_MD
+    # figures: 3 per-trial heat maps, seed-mean heat maps, curves, bars and planes per benchmark
+    pngs = [p for p in res.files if p.suffix == ".png"]
+    expected = {"accuracy_curves_esc50.png", "accuracy_curves_sc2.png", "forgetting_curves_esc50.png",
+                "forgetting_curves_sc2.png", "first_vs_new_esc50.png", "first_vs_new_sc2.png",
+                "stability_plasticity_esc50.png", "stability_plasticity_sc2.png",
+                "heatmap_mean_full_esc50.png", "heatmap_mean_wo_fsa_sc2.png"}
+    assert expected <= {p.name for p in pngs}
+    assert sum(p.name.startswith("heatmap_") and "_seed" in p.name for p in pngs) == 3
+    _check_pngs(pngs)
+    # everything was logged to the parent run
+    assert res.logged_to == parent
+    logged = {a.path for a in client.list_artifacts(parent, "report")}
+    assert "report/table_last_accuracy.md" in logged and "report/figures" in logged
+    assert len(client.list_artifacts(parent, "report/figures")) == len(pngs)
+
+
+def _check_pngs(paths):
+    for p in paths:
+        assert p.stat().st_size > 0
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    try:
+        from PIL import Image
+    except ImportError:
+        return
+    for p in paths:
+        with Image.open(p) as im:
+            im.verify()
+            assert im.size[0] > 50 and im.size[1] > 50
+
+
+def test_compare_differences(store):
+    uri, _, _, tmp = store
+    res = run_compare(uri, "abl", "abl_b", tmp / "cmp", formats=["md"])
+    t = res.tables["last_accuracy"]
+    assert t.columns == ["esc50 [abl]", "esc50 [abl_b]", "esc50 Δ (B−A)",
+                         "sc2 [abl]", "sc2 [abl_b]", "sc2 Δ (B−A)"]
+    assert t.rows == ["full", "wo_fsa"]
+    assert t.cells[0] == ["95.00 ± 1.00 (3)", "96.00 ± 0.50 (3)", "+1.00", "93.00 ± 2.65 (3)", "–", "–"]
+    # B: 91 95 97 -> 94.333, std sqrt(((10/3)^2 + (2/3)^2 + (8/3)^2) / 2) = sqrt(28/3) = 3.0551
+    assert t.cells[1] == ["92.00 ± 2.00 (3)", "94.33 ± 3.06 (3)", "+2.33", "82.00 ± 2.83 (2)†", "–", "–"]
+    assert t.best[0] == [True, True, False, True, False, False]
+    diffs = {(r["row"], r["column"]): r["diff"] for r in t.records}
+    assert diffs[("wo_fsa", "esc50")] == pytest.approx(94 + 1 / 3 - 92)
+    assert math.isnan(diffs[("full", "sc2")])
+    assert (tmp / "cmp" / "compare_last_accuracy.md").is_file()
+
+
+def test_pure_aggregation_and_grouping(store):
+    uri = store[0]
+    study = load_study(uri, "abl")
+    assert len(study.runs) == 11  # the RUNNING and FAILED runs are gone
+    rows, notes = tidy(study.runs, ["variant", "benchmark"], "last_accuracy")
+    cells = aggregate(rows, ["variant"], "benchmark")
+    c = cells[(("wo_fsa",), "sc2")]
+    assert (c.mean, c.n, c.seeds) == (82.0, 2, ("0", "1"))
+    assert summarize([1.0]).n == 1 and math.isnan(summarize([1.0]).std)
+    with pytest.raises(ValueError, match="no run has metric 'last_acc'.*last_accuracy"):
+        tidy(study.runs, ["variant"], "last_acc")
+    with pytest.raises(ValueError, match="no run has a tag or param 'varient'"):
+        tidy(study.runs, ["varient"], "last_accuracy")
+    # lower is better for forgetting: the minimum is marked
+    t = build_table({(("a",), "x"): summarize([5.0, 7.0]), (("b",), "x"): summarize([1.0, 3.0])}, "forgetting")
+    assert t.best == [[False], [True]] and FLAG not in "".join(t.cells[0] + t.cells[1])
+
+
+def test_matrix_csv_round_trip(tmp_path):
+    p = tmp_path / "m.csv"
+    p.write_text("session_1,session_2\n100.0000,\n90.0000,80.0000\n")
+    m = read_matrix_csv(p)
+    assert m[0, 0] == 100 and math.isnan(m[0, 1]) and m[1, 1] == 80
+
+
+def test_sensitivity_sweep_param(store, tmp_path, capsys):
+    uri = store[0]
+    out = tmp_path / "rep"
+    rc = main(["report", "--experiment", "rho", "--tracking-uri", uri, "--out", str(out),
+               "--sweep-param", "method.rho_layer", "--format", "md", "--max-heatmaps", "0"])
+    assert rc == 0
+    stdout = capsys.readouterr().out
+    assert "| method.rho_layer | esc50 | sc2 | avg |" in stdout
+    # rows in numeric order, text last; avg = mean of the column means
+    lines = [ln for ln in stdout.splitlines() if ln.startswith("| 0.9") or ln.startswith("| None")]
+    assert lines == ["| 0.9 | 90.50 ± 0.71 (2) | 80.50 ± 0.71 (2) | 85.50 |",
+                     "| 0.94 | **94.50 ± 0.71 (2)** | **84.50 ± 0.71 (2)** | **89.50** |",
+                     "| None | 80.50 ± 0.71 (2) | 70.50 ± 0.71 (2) | 75.50 |"]
+    sens = out / "figures" / "sensitivity_method.rho_layer.png"
+    _check_pngs([sens])
+
+
+def test_cli_errors(store, capsys):
+    uri, _, _, tmp = store
+    assert main(["report", "--experiment", "nope", "--tracking-uri", uri]) == 2
+    assert "no experiment 'nope' in sqlite" in capsys.readouterr().err
+    assert main(["report", "--experiment", "abl", "--tracking-uri", f"sqlite:///{tmp}/missing.db"]) == 2
+    assert "no MLflow store" in capsys.readouterr().err
+    assert main(["report", "--experiment", "abl", "--tracking-uri", uri, "--baseline", "nope",
+                 "--out", str(tmp / "x"), "--no-figures"]) == 2
+    assert "baseline 'nope' is not a row; rows: full, wo_fsa" in capsys.readouterr().err
