@@ -1,0 +1,370 @@
+"""Sweeps and ablations on a local Ray (2 CPUs, no dashboard), tracked to a temporary SQLite MLflow store.
+
+One Ray session serves the module. Trials are tiny: synthetic audio, log-mel statistics, SimpleCIL or
+joint, three sessions, so the whole module stays well within a couple of minutes on two cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pace.cli import main
+from pace.config import validate_config
+from pace.runner import Runner
+from pace.specs import SearchSpace, compose, load_sweep_spec
+from pace.sweep import FAULTS_ENV, StudyOptions, ValidationHook, run_study, split_trial_config
+
+pytestmark = pytest.mark.ray
+REPO = Path(__file__).resolve().parents[1]
+
+BASE = {
+    "name": "t",
+    "data": {"dataset": "synthetic", "label": "fine", "synthetic_classes": 6, "synthetic_clips_per_class": 8},
+    "scenario": {"num_sessions": 3, "val_fraction": 0.25},
+    "backbone": {"name": "logmel-stats", "target_frames": 112},
+    "method": {"name": "joint", "epochs": 20},
+    "runtime": {"num_threads": 1},
+}
+
+
+def _write(path: Path, spec: dict) -> Path:
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def _sweep_spec(tmp: Path, name: str, uri: str | None = None, **kw) -> dict:
+    spec = {
+        "name": name, "base": BASE,
+        "search": {"method.name": {"type": "categorical", "values": ["joint", "simplecil"]},
+                   "method.lr": {"type": "log", "low": 1e-3, "high": 0.3, "when": {"method.name": "joint"}},
+                   "method.epochs": {"type": "int", "low": 5, "high": 40, "when": {"method.name": "joint"}}},
+        "searcher": {"type": "optuna", "seed": 2},  # proposes 3 x joint, 1 x simplecil
+        "num_samples": 4, "max_concurrent": 2, "max_failures": 1,
+        "storage_path": str(tmp / "ray_results"), "tracking_uri": uri or f"sqlite:///{tmp / 'mlflow.db'}",
+    }
+    spec.update(kw)
+    return spec
+
+
+@pytest.fixture(scope="module")
+def ray_address(tmp_path_factory):
+    ray = pytest.importorskip("ray")
+    # workers inherit the raylet's environment: give them the session's isolated feature cache
+    cache = str(tmp_path_factory.getbasetemp() / "pace-cache")
+    old = os.environ.get("PACE_CACHE_DIR")
+    os.environ["PACE_CACHE_DIR"] = cache
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 2**20, log_to_driver=False)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+        if old is None:
+            os.environ.pop("PACE_CACHE_DIR", None)
+        else:
+            os.environ["PACE_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One MLflow store for the module's studies (each its own experiment): schema creation is slow."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def _runs(uri: str, name: str):
+    c = _client(uri)
+    exp = c.get_experiment_by_name(name)
+    runs = c.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return c, parents, children
+
+
+def _steps(c, run_id: str, key: str = "acc_all") -> list[int]:
+    return [m.step for m in sorted(c.get_metric_history(run_id, key), key=lambda m: m.step)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Before any trial: spec errors
+
+
+@pytest.mark.parametrize("patch, message", [
+    ({"serach": {}}, "unknown key 'serach'; did you mean 'search'?"),
+    ({"search": {"method.lr": {"type": "log", "low": 0.0, "high": 1.0}}}, "log needs low > 0"),
+    ({"search": {"method.lr": {"type": "float", "low": 2.0, "high": 1.0}}}, "low (2) must be < high (1)"),
+    ({"search": {"method.name": {"type": "categorical", "values": []}}}, "categorical needs a non-empty"),
+    ({"search": {"method.lr": {"type": "log", "low": 0.1, "hihg": 1.0}}}, "did you mean 'high'?"),
+    ({"search": {"method.lrr": {"type": "log", "low": 0.01, "high": 1.0}}},
+     "unknown key 'method.lrr'; did you mean 'lr'?"),
+    ({"search": {"method.epochs": {"type": "int", "low": 1, "high": 5}},
+      "base": {**BASE, "scenario": {"num_sessions": 3}}},
+     "objective 'val_last_accuracy' is measured on a validation split"),
+    ({"objective": "val_last_acc"}, "did you mean 'val_last_accuracy'?"),
+    ({"searcher": {"type": "optuna", "sed": 1}}, "unknown key 'searcher.sed'; did you mean 'seed'?"),
+    ({"search": {"method.lr": {"type": "log", "low": 0.01, "high": 1.0, "when": {"method.nam": "joint"}}}},
+     "when refers to 'method.nam'"),
+])
+def test_bad_sweep_specs_fail_before_any_trial(tmp_path, capsys, patch, message):
+    spec = _write(tmp_path / "s.yaml", {**_sweep_spec(tmp_path, "bad"), **patch})
+    assert main(["sweep", str(spec)]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "ray_results").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_bad_ablation_spec_and_conditional_sampling(tmp_path, capsys):
+    spec = {"name": "abl", "base": BASE, "variants": {"a": {"method.epochs": 0}}, "seeds": [0]}
+    assert main(["ablate", str(_write(tmp_path / "a.yaml", spec))]) == 2
+    assert "method.epochs" in capsys.readouterr().err
+    spec = {"name": "abl", "base": BASE, "variants": {"a": {}}, "sedes": [0]}
+    assert main(["ablate", str(_write(tmp_path / "a.yaml", spec))]) == 2
+    assert "did you mean 'seeds'?" in capsys.readouterr().err
+    # conditional params are only set when their condition holds, and a method switch drops the
+    # base method's own fields (simplecil has no 'epochs')
+    spec, base, _ = load_sweep_spec(_write(tmp_path / "s.yaml", _sweep_spec(tmp_path, "ok")))
+    space = SearchSpace(spec.search, base)
+    grid_like = [space.sample(_Fixed({"method.name": m})) for m in ("joint", "simplecil")]
+    assert set(grid_like[0]) == {"method.name", "method.lr", "method.epochs"}
+    assert grid_like[1] == {"method.name": "simplecil"}
+    assert compose(base, grid_like[1])["method"] == {"name": "simplecil"}
+
+
+class _Fixed:
+    def __init__(self, values):
+        self.values = values
+
+    def suggest_categorical(self, name, choices):
+        return self.values[name]
+
+    def suggest_float(self, name, low, high, **kw):
+        return low
+
+    def suggest_int(self, name, low, high, step=1):
+        return low
+
+
+def test_validation_hook_uses_only_val_splits(tmp_path):
+    cfg = validate_config({**BASE, "method": {"name": "simplecil"}, "runtime": {"progress": False}})
+    runner = Runner(cfg, tmp_path)
+    runner.prepare()
+    hook = ValidationHook()
+    runner.analysis_hooks = [hook]
+    runner.run()
+    for t, s in enumerate(runner.scenario.sessions):
+        assert s.val and not set(s.val) & set(s.test) and not set(s.val) & set(s.train)
+        rows = [i for x in runner.scenario.sessions[: t + 1] for i in x.val]
+        split = runner.split(rows)
+        pred = runner.learner.predict(split.x).argmax(-1)
+        if t == len(runner.scenario.sessions) - 1:  # the learner's state now is that after the last session
+            assert runner.results[t].analysis["val_acc_all"] == pytest.approx(
+                100.0 * (pred == split.y).float().mean().item())
+    assert all("val_acc_all" in r.metrics() for r in runner.results)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sweeps on Ray
+
+
+def test_sweep_end_to_end_optuna_mlflow_and_retry(ray_address, store, tmp_path, monkeypatch):
+    """Seeded Optuna proposals, one MLflow child per trial with steps 0..T-1, and a trial that fails
+    after session 2 is retried from its checkpoint without duplicating the step it had logged."""
+    monkeypatch.chdir(tmp_path)
+    marker = tmp_path / "fault-claimed"
+    monkeypatch.setenv(FAULTS_ENV, json.dumps({"fail_after_session": 2, "marker": str(marker)}))
+    path = _write(tmp_path / "s.yaml", _sweep_spec(tmp_path, "e2e", store))
+    res = run_study("sweep", str(path))
+    assert not res.interrupted and res.num_errors == 0 and marker.exists()
+    assert len(res.rows) == 4 and all(r["status"] == "finished" and r["sessions"] == "3/3" for r in res.rows)
+
+    # proposals: differ across trials, follow the conditions, and repeat with the same seed
+    proposed = [r["params"] for r in res.rows]
+    assert len({json.dumps(p, sort_keys=True) for p in proposed}) == 4
+    for p in proposed:
+        assert ("method.lr" in p) == (p["method.name"] == "joint")
+    spec, base, _ = load_sweep_spec(path)
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    replay = OptunaSearch(space=SearchSpace(spec.search, base), metric=spec.objective, mode="max",
+                          sampler=optuna.samplers.TPESampler(seed=spec.searcher.seed))
+    assert [replay.suggest(f"r{i}") for i in range(4)] == proposed
+
+    c, parents, children = _runs(res.tracking_uri, "e2e")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert parents[0].info.run_id == res.parent_run_id and "best_val_last_accuracy" in parents[0].data.metrics
+    assert len(children) == 4 and all(r.info.status == "FINISHED" for r in children)
+    by_name = {r.info.run_name: r for r in children}
+    assert sorted(by_name) == [r["trial"] for r in res.rows]
+    for row in res.rows:
+        run = by_name[row["trial"]]
+        assert run.data.tags["mlflow.parentRunId"] == res.parent_run_id
+        assert _steps(c, run.info.run_id) == [0, 1, 2]  # exactly once each, also for the retried trial
+        assert _steps(c, run.info.run_id, "val_acc_all") == [0, 1, 2]
+        assert run.data.metrics["val_last_accuracy"] == pytest.approx(row["objective"])
+        assert run.data.metrics["last_accuracy"] == pytest.approx(row["last_accuracy"])
+        assert run.data.params["method.name"] == row["params"]["method.name"]
+        assert run.data.params["scenario.val_fraction"] == "0.25"
+        for tag in ("method", "backbone", "benchmark", "seed", "variant", "git_commit"):
+            assert run.data.tags[tag]
+        arts = {a.path for a in c.list_artifacts(run.info.run_id)}
+        assert {"accuracy_matrix.csv", "metrics.json", "config.yaml", "splits"} <= arts
+
+    # the failed trial resumed from its session-1 checkpoint (Tune counts iterations since restore)
+    from ray.tune import ExperimentAnalysis
+
+    analysis = ExperimentAnalysis(res.experiment_path)
+    restored = [t for t in analysis.trials if t.last_result.get("iterations_since_restore") != 3]
+    assert len(restored) == 1 and restored[0].last_result["iterations_since_restore"] == 2
+    assert restored[0].last_result["training_iteration"] == 3
+    # the run's outputs are persisted beside Tune's checkpoints
+    assert (Path(res.experiment_path) / res.rows[0]["trial"] / "run" / "accuracy_matrix.csv").is_file()
+    assert (Path(res.experiment_path) / "summary.csv").read_text().count("\n") == 5
+
+
+def test_ablation_grid_tags_and_seeds(ray_address, store, tmp_path):
+    spec = {
+        "name": "abl", "base": BASE, "objective": "last_accuracy",
+        "variants": {"ncm": {"method.name": "simplecil"}, "joint20": {"method.epochs": 20}},
+        "benchmarks": {"syn-fine": {}},
+        "seeds": [0, 1], "max_concurrent": 2,
+        "storage_path": str(tmp_path / "ray_results"), "tracking_uri": store,
+    }
+    res = run_study("ablation", str(_write(tmp_path / "a.yaml", spec)))
+    assert res.num_errors == 0 and len(res.rows) == 4
+    c, parents, children = _runs(res.tracking_uri, "abl")
+    assert len(parents) == 1 and parents[0].data.tags["pace.kind"] == "ablation"
+    got = sorted((r.data.tags["variant"], r.data.tags["seed"], r.data.tags["benchmark"], r.data.tags["backbone"],
+                  r.data.tags["method"], r.data.params["seeds.class_order"], r.data.params["seeds.init"])
+                 for r in children)
+    assert got == [("joint20", "0", "syn-fine", "logmel-stats", "joint", "0", "0"),
+                   ("joint20", "1", "syn-fine", "logmel-stats", "joint", "1", "1"),
+                   ("ncm", "0", "syn-fine", "logmel-stats", "simplecil", "0", "0"),
+                   ("ncm", "1", "syn-fine", "logmel-stats", "simplecil", "1", "1")]
+    assert all(r.info.status == "FINISHED" and _steps(c, r.info.run_id) == [0, 1, 2] for r in children)
+    assert sorted(r["trial"] for r in res.rows) == sorted(r.info.run_name for r in children)
+    assert "ncm" in res.rows[0]["trial"] or "joint20" in res.rows[0]["trial"]
+
+
+def _checkpointed(exp: Path) -> set[str]:
+    """Trials whose checkpoint Tune's saved experiment state knows about (what a restore resumes from)."""
+    from ray.tune import ExperimentAnalysis
+
+    try:
+        return {str(t) for t in ExperimentAnalysis(str(exp)).trials if t.checkpoint is not None}
+    except Exception:  # not written yet, or caught mid-write
+        return set()
+
+
+def test_resume_after_killed_driver(ray_address, store, tmp_path):
+    """SIGKILL the `pace sweep` driver after the first trial reported, then --resume: every trial
+    finishes once, runs continue (no duplicate steps, no RUNNING left), results equal fresh runs."""
+    spec = _sweep_spec(tmp_path, "resume", store, num_samples=3, max_concurrent=1,
+                       search={"method.lr": {"type": "log", "low": 1e-3, "high": 0.3}})
+    path = _write(tmp_path / "r.yaml", spec)
+    # TUNE_GLOBAL_CHECKPOINT_S=0: Tune saves its experiment state at every step, so the state on
+    # disk soon records the first trial checkpoint (a SIGKILL loses whatever it had not saved yet)
+    env = {**os.environ, FAULTS_ENV: json.dumps({"session_delay_s": 0.5}), "PYTHONPATH": str(REPO),
+           "TUNE_GLOBAL_CHECKPOINT_S": "0"}
+    proc = subprocess.Popen([sys.executable, "-m", "pace.cli", "sweep", str(path), "--address", ray_address],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    exp = tmp_path / "ray_results" / "resume"
+    try:
+        deadline = time.time() + 120
+        while not (reported := _checkpointed(exp)):
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            assert time.time() < deadline, "no trial reported in time"
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    c, _, before = _runs(store, "resume")
+    assert any(r.info.status == "RUNNING" for r in before)  # the kill left it open; resume must close it
+
+    res = run_study("sweep", str(path), StudyOptions(resume=True))
+    assert not res.interrupted and res.num_errors == 0
+    # trials that had reported went on from their checkpoint, not from session 1
+    from ray.tune import ExperimentAnalysis
+
+    for t in ExperimentAnalysis(res.experiment_path).trials:
+        if str(t) in reported:
+            assert t.last_result["iterations_since_restore"] < 3 and t.last_result["training_iteration"] == 3
+    assert len(res.rows) == 3 and all(r["status"] == "finished" for r in res.rows)
+    c, parents, children = _runs(res.tracking_uri, "resume")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 3 and {r.info.run_id for r in before} <= {r.info.run_id for r in children}
+    for r in children:
+        assert r.info.status == "FINISHED" and _steps(c, r.info.run_id) == [0, 1, 2]
+    # same numbers as an uninterrupted run of each trial's config
+    for row in res.rows:
+        overrides, _ = split_trial_config(row["params"])
+        cfg = validate_config(compose(spec["base"], {**overrides, "runtime.progress": False}))
+        fresh = Runner(cfg, tmp_path / "fresh" / row["trial"]).run()
+        assert row["last_accuracy"] == pytest.approx(fresh["last_accuracy"])
+        assert row["average_incremental_accuracy"] == pytest.approx(fresh["average_incremental_accuracy"])
+
+
+def test_resume_needs_a_study_and_refuses_to_overwrite(ray_address, tmp_path, capsys):
+    path = _write(tmp_path / "s.yaml", _sweep_spec(tmp_path, "none"))
+    assert main(["sweep", str(path), "--resume"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+    (tmp_path / "ray_results" / "none").mkdir(parents=True)
+    assert main(["sweep", str(path)]) == 2
+    assert "pass --resume to continue it, --fresh to start over" in capsys.readouterr().err
+
+
+
+def test_backbone_fallback(tmp_path):
+    spec = _sweep_spec(tmp_path, "fb", backbone_fallback=[
+        {"name": "whisper-tiny", "requires": ["no_such_weights_package"], "backbone": {"seconds": 1.0}},
+        {"name": "logmel-stats", "backbone": {"target_frames": 96}}])
+    spec, base, note = load_sweep_spec(_write(tmp_path / "s.yaml", spec))
+    assert base["backbone"] == {"name": "logmel-stats", "target_frames": 96}
+    assert "fallback" in note and "whisper-tiny (needs no_such_weights_package)" in note
+
+
+def test_shipped_specs_validate():
+    spec, base, note = load_sweep_spec(REPO / "sweeps" / "quickstart.yaml")
+    assert spec.samples == 6 and spec.max_concurrent == 2 and base["scenario"]["val_fraction"] > 0
+    assert note.startswith("backbone: ") and base["backbone"]["name"] in ("whisper-tiny", "logmel-stats")
+    from pace.specs import load_ablation_spec
+
+    spec, base, _, trials = load_ablation_spec(REPO / "sweeps" / "paper_table2.yaml")
+    assert len(trials) == len(spec.variants) * 6 * 3 and spec.resources.gpu == 1
+    assert {t["labels"]["benchmark"] for t in trials} == {"esc50", "us8k", "sc2", "timit2", "timit3", "vocalset"}
+
+
+def test_ctrl_c_leaves_no_run_running(ray_address, store, tmp_path):
+    """Ctrl-C (SIGINT) on `pace sweep`: Tune stops gracefully, the cut-off trial's run and the parent
+    are KILLED, nothing stays RUNNING, and the exit code says interrupted."""
+    spec = _sweep_spec(tmp_path, "sigint", store, num_samples=2, max_concurrent=1,
+                       search={"method.lr": {"type": "log", "low": 1e-3, "high": 0.3}})
+    path = _write(tmp_path / "c.yaml", spec)
+    env = {**os.environ, FAULTS_ENV: json.dumps({"session_delay_s": 0.5}), "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "pace.cli", "sweep", str(path), "--address", ray_address],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    exp = tmp_path / "ray_results" / "sigint"
+    deadline = time.time() + 120
+    while not list(exp.glob("t*/checkpoint_000000")):
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read().decode()[-3000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=120)[0].decode()
+    assert proc.returncode == 130, out[-3000:]
+    assert "interrupted" in out and "--resume" in out
+    c, parents, children = _runs(store, "sigint")
+    assert [p.info.status for p in parents] == ["KILLED"]
+    assert children and all(r.info.status in ("KILLED", "FINISHED") for r in children)
+    assert any(r.info.status == "KILLED" for r in children)
