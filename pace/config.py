@@ -268,7 +268,11 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
     raw = read_yaml(path)
     if "base" in raw and "method" not in raw:  # a sweep or ablation spec: rerun its base alone
         raw = raw["base"]
-    return validate_config(apply_overrides(raw, overrides or {}), str(path))
+    # compose (not a plain apply_overrides): a dotted key into a section the file leaves out starts
+    # from that method's own defaults, not from the generic sub-config defaults
+    from pace.specs import compose
+
+    return validate_config(compose(raw, overrides or {}), str(path))
 
 
 def dump_config(cfg: RunConfig, path: str | Path) -> None:

@@ -150,14 +150,33 @@ def trial_metrics(runner, result) -> dict[str, float]:
 
 
 class TuneReporter:
-    """``tune.report`` after each session, with the runner checkpoint and the MLflow run id."""
+    """``tune.report`` after each session, with the runner checkpoint and the MLflow run id.
 
-    def __init__(self, tracker=None):
+    The last session is reported from ``on_end``, after the MLflow reporter has logged the final
+    metrics and artifacts and the outputs are saved: a scheduler (ASHA at max_t) may stop the trial
+    inside that last ``tune.report``, and nothing after it would run.
+    """
+
+    def __init__(self, tracker=None, before_final: Callable[[], None] | None = None):
         self.tracker = tracker
+        self.before_final = before_final
+        self._last = None
 
     def on_start(self, runner) -> None: ...
 
     def on_session(self, runner, result) -> None:
+        if result.index + 1 == len(runner.scenario.sessions):
+            self._last = result  # reported from on_end
+            return
+        self._report(runner, result)
+
+    def on_end(self, runner, final) -> None:
+        if self.before_final is not None:
+            self.before_final()
+        if self._last is not None:
+            self._report(runner, self._last)
+
+    def _report(self, runner, result) -> None:
         from ray import tune
 
         from pace.runner import CHECKPOINT
@@ -168,8 +187,6 @@ class TuneReporter:
             (Path(tmp) / TRACKING_FILE).write_text(json.dumps({"run_id": run_id}))
             # report uploads the checkpoint to storage before returning, so the temp dir can go
             tune.report(trial_metrics(runner, result), checkpoint=tune.Checkpoint.from_directory(tmp))
-
-    def on_end(self, runner, final) -> None: ...
 
 
 class FaultInjector:
@@ -251,15 +268,17 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         tracker = MlflowReporter(ActorSink(ctx.sink), ctx.experiment_id, ctx.parent_run_id,
                                  tc.get_trial_id(), tc.get_trial_name(), labels, run_id,
                                  extra_final=val_summary)
+    def save_outputs() -> None:
+        shutil.copytree(out, Path(tc.get_trial_dir()) / "run", dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns(CHECKPOINT, "*.tmp"))
+
     reporters = [r for r in (tracker, FaultInjector(ctx.faults) if ctx.faults else None,
-                             TuneReporter(tracker)) if r is not None]
+                             TuneReporter(tracker, before_final=save_outputs)) if r is not None]
     runner = Runner(cfg, out, reporters)
     runner.prepare()
     runner.analysis_hooks = [*(getattr(runner, "analysis_hooks", None) or []), ValidationHook()]
     try:
         runner.run(resume=True)
-        shutil.copytree(out, Path(tc.get_trial_dir()) / "run", dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns(CHECKPOINT, "*.tmp"))
     except Exception:
         if tracker is not None:
             tracker.fail("FAILED")  # a retry sets it RUNNING again and continues the same run
