@@ -85,7 +85,16 @@ def select_runs(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str], list[str]]:
     if len(counts):
         notes.append("ignored " + ", ".join(f"{n} {s} run(s)" for s, n in sorted(counts.items()))
                      + " (only FINISHED runs count)")
-    return children[status == "FINISHED"], parent_ids, notes
+    finished = children[status == "FINISHED"]
+    # ASHA-stopped trials end FINISHED with a partial accuracy matrix: not comparable with full runs
+    col = "tags.pace.stopped_early"
+    if col in finished.columns:
+        stopped = finished[col].map(_text) == "true"
+        if stopped.any():
+            notes.append(f"ignored {int(stopped.sum())} run(s) stopped early by the scheduler "
+                         "(tag pace.stopped_early; their sessions are incomplete)")
+            finished = finished[~stopped]
+    return finished, parent_ids, notes
 
 
 def tidy(runs: pd.DataFrame, keys: Sequence[str], metric: str) -> tuple[pd.DataFrame, list[str]]:

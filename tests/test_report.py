@@ -230,3 +230,18 @@ def test_cli_errors(store, capsys):
     assert main(["report", "--experiment", "abl", "--tracking-uri", uri, "--baseline", "nope",
                  "--out", str(tmp / "x"), "--no-figures"]) == 2
     assert "baseline 'nope' is not a row; rows: full, wo_fsa" in capsys.readouterr().err
+
+
+def test_runs_stopped_early_by_the_scheduler_are_left_out():
+    import pandas as pd
+
+    from pace.report import select_runs
+
+    df = pd.DataFrame({
+        "run_id": ["p", "a", "b"], "status": ["FINISHED"] * 3,
+        "tags.mlflow.parentRunId": [None, "p", "p"],
+        "tags.pace.stopped_early": [None, None, "true"],
+    })
+    runs, parents, notes = select_runs(df)
+    assert list(runs["run_id"]) == ["a"] and parents == ["p"]
+    assert any("stopped early" in n for n in notes)
