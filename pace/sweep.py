@@ -78,6 +78,16 @@ def absolutize(raw: dict[str, Any], cwd: str) -> dict[str, Any]:
         if isinstance(value, str) and value and not os.path.isabs(value) and "://" not in value \
                 and os.path.exists(os.path.join(cwd, value)):
             out = compose(out, {key: os.path.join(cwd, value)})
+    parts = get_dotted(out, "data.parts")
+    if isinstance(parts, list):  # a cross-dataset sequence: each part has its own root
+        fixed = []
+        for p in parts:
+            d = dict(p.get("data") or {})
+            root = d.get("root")
+            if isinstance(root, str) and root and not os.path.isabs(root) and os.path.exists(os.path.join(cwd, root)):
+                d["root"] = os.path.join(cwd, root)
+            fixed.append({**p, "data": d})
+        out = compose(out, {"data.parts": fixed})
     return out
 
 
