@@ -37,7 +37,10 @@ def cmd_backbones(args) -> int:
     from pace.backbones.registry import list_backbones
     from pace.reporting import table
 
-    rows = [[s.name, s.input_kind, s.embed_dim, s.num_blocks, "yes" if s.test_size else "", s.weights]
+    def weights(text: str) -> str:
+        return text if args.full or len(text) <= 72 else text[:71] + "…"
+
+    rows = [[s.name, s.input_kind, s.embed_dim, s.num_blocks, "yes" if s.test_size else "", weights(s.weights)]
             for s in list_backbones()]
     print(table(rows, ["name", "input", "dim", "blocks", "test size", "weights"]))
     return 0
@@ -114,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_run)
 
     b = sub.add_parser("backbones", help="list registered backbones")
+    b.add_argument("--full", action="store_true", help="do not shorten the weights column")
     b.set_defaults(func=cmd_backbones)
     m = sub.add_parser("methods", help="list registered methods")
     m.set_defaults(func=cmd_methods)
