@@ -46,7 +46,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-direct", action="store_true", help="time only the one-decomposition path")
+    ap.add_argument("--wall-time", nargs=2, metavar=("PACE_RUN", "RANPAC_RUN"),
+                    help="also print the PACE / RanPAC wall-time ratio of two finished run folders "
+                         "(their metrics.json), e.g. the fine-grained FSDD runs of ablations/fsdd_methods.yaml")
     args = ap.parse_args()
+    if args.wall_time:
+        print_wall_time_ratio(*args.wall_time)
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -69,6 +74,16 @@ def main() -> None:
     print("val MSE rel. diff : " + " ".join(f"{g:.0e}:{r:.1e}" for g, r in zip(RIDGE_GRID, rel.tolist())))
     print("val MSE (eig)     : " + " ".join(f"{v:.4g}" for v in fast.mse.tolist()))
     print("val MSE (direct)  : " + " ".join(f"{v:.4g}" for v in ref.mse.tolist()))
+
+
+def print_wall_time_ratio(pace_run: str, ranpac_run: str) -> None:
+    """Training + evaluation time summed over sessions, as the runner recorded it (metrics.json)."""
+    import json
+    from pathlib import Path
+
+    times = [json.loads((Path(d) / "metrics.json").read_text())["total_time_s"] for d in (pace_run, ranpac_run)]
+    print(f"wall time         : PACE {times[0]:.1f} s, RanPAC {times[1]:.1f} s, "
+          f"PACE / RanPAC = {times[0] / times[1]:.2f}x")
 
 
 if __name__ == "__main__":
