@@ -77,7 +77,7 @@ def main() -> None:
 
 
 def print_wall_time_ratio(pace_run: str, ranpac_run: str) -> None:
-    """Training + evaluation time summed over sessions, as the runner recorded it (metrics.json)."""
+    """Time in learn() summed over sessions (evaluation excluded), as the runner recorded it (metrics.json)."""
     import json
     from pathlib import Path
 
