@@ -90,7 +90,21 @@ class Backbone(nn.Module, ABC):
         return names
 
     def weights_digest(self) -> str:
-        """sha256 over parameter and buffer bytes in name order: the identity of this exact state."""
+        """sha256 over parameter and buffer bytes in name order: the identity of this exact state.
+
+        Memoised on the tensors' identities and in-place version counters, so repeated cache lookups
+        under unchanged weights do not rehash hundreds of MB (any update bumps a version or swaps a tensor).
+        """
+        state = self.state_dict(keep_vars=True)
+        stamp = tuple((name, id(t), t._version) for name, t in sorted(state.items()))
+        memo = self.__dict__.get("_digest_memo")
+        if memo is not None and memo[0] == stamp:
+            return memo[1]
+        digest = self._hash_state()
+        self.__dict__["_digest_memo"] = (stamp, digest)
+        return digest
+
+    def _hash_state(self) -> str:
         h = hashlib.sha256()
         for name, t in sorted(self.state_dict().items()):
             h.update(name.encode())
