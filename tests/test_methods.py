@@ -114,3 +114,16 @@ def test_pace_resume_equals_uninterrupted(tmp_path):
 def test_peft_needs_a_transformer_backbone(tmp_path):
     with pytest.raises(ValueError, match="has no blocks"):
         _run(tmp_path, {"name": "peft_ft"}, backbone="logmel-stats")
+
+
+@pytest.mark.parametrize("method", [
+    {"name": "peft_ft", "train": {"epochs": 1}},
+    {"name": "lorasub", "train": {"epochs": 1}},
+    {"name": "ranpac", "fsa": {"train": {"epochs": 1}}, "analytic": {"proj_dim": 256}},
+], ids=lambda m: m["name"])
+def test_lora_baselines_resume_equals_uninterrupted(tmp_path, method):
+    _, full = _run(tmp_path / "full", method)
+    with pytest.raises(KeyboardInterrupt):
+        Runner(_cfg(method), tmp_path / "cut", [_Stop()]).run()
+    resumed = Runner(_cfg(method), tmp_path / "cut").run()
+    assert resumed["accuracy_per_session"] == full["accuracy_per_session"]

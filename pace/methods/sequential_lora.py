@@ -17,7 +17,6 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
@@ -25,7 +24,7 @@ from pace.config import MethodConfig
 from pace.embed import autocast
 from pace.heads.linear import LinearHead
 from pace.methods.base import Learner, Session, Split, register_method
-from pace.methods.parts import Adapter, LoRAConfig, TrainConfig, freeze_backbone
+from pace.methods.parts import Adapter, LoRAConfig, TrainConfig, freeze_backbone, train
 from pace.peft.projection import GradientProjector, collect_input_covariances, subspace_bases
 
 
@@ -98,36 +97,12 @@ class SequentialLoRA(Learner):
             self.adapter.freeze()
 
     def _fit(self, data: Split, session: Session, projector) -> None:
-        cfg, ctx, bb = self.cfg, self.ctx, self.backbone
+        # lorasub: only the current session's classes compete (old rows get no gradient)
         lo = session.classes[0] if self.masked_loss else 0
-        params = self.adapter.manager.trainable_parameters()
-        head_params = list(self.head.parameters())
-        for p in head_params:
-            p.requires_grad_(True)
-        opt = (torch.optim.SGD if cfg.train.optimizer == "sgd" else torch.optim.AdamW)(
-            [{"params": params, "lr": cfg.train.lr}, {"params": head_params, "lr": cfg.head_lr}],
-            **({"momentum": cfg.train.momentum} if cfg.train.optimizer == "sgd" else {}),
-            weight_decay=cfg.train.weight_decay)
-        g = ctx.generator(f"train:{session.index}")
-        bb.train()
-        seen = 0
-        for _ in range(cfg.train.epochs):
-            order = torch.randperm(len(data), generator=g)
-            for s in range(0, len(data), ctx.batch_size):
-                idx = order[s:s + ctx.batch_size]
-                x, y = data.x[idx].to(ctx.device), data.y[idx].to(ctx.device)
-                with autocast(ctx):
-                    logits = self.head(bb(x).pooled.float())
-                    # lorasub: only the current session's classes compete (old rows get no gradient)
-                    loss = F.cross_entropy(logits[:, lo:session.num_seen], y - lo)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                if projector is not None:
-                    projector.reproject()
-                seen += len(idx)
-        bb.eval()
-        ctx.count("backward_samples", seen)
+        train(self.backbone, _Columns(self.head, lo, session.num_seen), data, self.ctx, self.cfg.train,
+              backbone_params=self.adapter.manager.trainable_parameters(), head_lr=self.cfg.head_lr,
+              label_offset=lo, purpose=f"train:{session.index}",
+              after_step=projector.reproject if projector is not None else None)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode(), autocast(self.ctx):
@@ -153,6 +128,17 @@ class SequentialLoRA(Learner):
         if "seen" in state:
             s = state["seen"]
             self.seen = Split(s["x"], s["y"], list(s["keys"]))
+
+
+class _Columns(nn.Module):
+    """The head's logits for classes lo..hi-1 only (a view; the head's parameters are shared)."""
+
+    def __init__(self, head: nn.Module, lo: int, hi: int):
+        super().__init__()
+        self.head, self.lo, self.hi = head, lo, hi
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.head(z)[:, self.lo:self.hi]
 
 
 def _concat(a: Split, b: Split) -> Split:
