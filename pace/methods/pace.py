@@ -78,6 +78,8 @@ class PACEConfig(MethodConfig):
     n_stop: int = Field(220, ge=0)
     t3: int = Field(2, ge=1)  # msa_stop: fixed; the last adapted session, 1-based
     msa_epochs: int = Field(5, ge=1)
+    #: LoRA learning rate in multi-session adaptation; None = lr_backbone (the paper uses one eta_bb)
+    msa_lr: float | None = Field(None, gt=0)
     projection: bool = True
     #: complement: updates orthogonal to the top-energy input subspace (protects inputs in it); onto:
     #: updates inside it. The sources disagree (pace_method.md 9.5); on FSDD digit x speaker with
@@ -204,15 +206,16 @@ class PACE(Learner):
         if self.adapter.manager is None:  # FSA was switched off: adapt from block L_tune chosen now
             self.l_tune = self._choose_first_block(session.train)
             self.adapter.attach(list(range(self.l_tune, self.backbone.num_blocks)))
-        self._train_session(session, self.cfg.msa_epochs, project=self.cfg.projection)
+        self._train_session(session, self.cfg.msa_epochs, project=self.cfg.projection, lr=self.cfg.msa_lr)
         self.adapted_sessions.append(session.index)
 
     # ------------------------------------------------------------------ shared training step
-    def _train_cfg(self, epochs: int) -> TrainConfig:
-        return TrainConfig(epochs=epochs, lr=self.cfg.lr_backbone, momentum=self.cfg.momentum,
+    def _train_cfg(self, epochs: int, lr: float | None = None) -> TrainConfig:
+        return TrainConfig(epochs=epochs, lr=lr or self.cfg.lr_backbone, momentum=self.cfg.momentum,
                            weight_decay=self.cfg.weight_decay)
 
-    def _train_session(self, session: Session, epochs: int, project: bool = False) -> None:
+    def _train_session(self, session: Session, epochs: int, project: bool = False,
+                       lr: float | None = None) -> None:
         cfg, ctx, bb = self.cfg, self.ctx, self.backbone
         t = session.index
         params = self.adapter.new_session(ctx.generator(f"lora:{t}"))
@@ -239,7 +242,7 @@ class PACE(Learner):
         self.trace.append(f"lora:{t + 1}:blocks={self.adapter.blocks[0]}-{self.adapter.blocks[-1]}:"
                           f"head={cfg.head_strategy}" + (":boundary" if extra else ""))
         try:
-            train(bb, head, session.train, ctx, self._train_cfg(epochs), backbone_params=params, head_lr=head_lr,
+            train(bb, head, session.train, ctx, self._train_cfg(epochs, lr), backbone_params=params, head_lr=head_lr,
                   label_offset=offset, purpose=f"lora:{t}", extra_loss=extra,
                   after_step=projector.reproject if projector else None)
         finally:
