@@ -6,8 +6,9 @@
 - ``lorasub`` (LoRA-DRS, Liu & Chang, CVPR 2025): a new LoRA stack per session, earlier ones frozen;
   its updates are restricted by the subspace of the current data's layer inputs under the
   LoRA-subtracted model (rho 0.99 of the energy; orthogonal to it by default, see PACEConfig's
-  projection_mode for why); the head's old rows are frozen and the loss covers
-  the current session's classes (logits of old classes masked).
+  projection_mode for why); the loss covers the current session's classes (old logits masked).
+  Prediction, as in the official code, is by class prototypes: the mean embedding of each class's
+  training clips, taken right after its session and kept (cosine nearest prototype).
 - ``joint_lora``: the upper bound. One LoRA stack and the head trained on every clip seen so far
   (it stores them all), after every session.
 """
@@ -21,8 +22,9 @@ from pydantic import Field
 from torch import nn
 
 from pace.config import MethodConfig
-from pace.embed import autocast
+from pace.embed import autocast, embed
 from pace.heads.linear import LinearHead
+from pace.heads.ncm import NCMHead
 from pace.methods.base import Learner, Session, Split, register_method
 from pace.methods.parts import Adapter, LoRAConfig, TrainConfig, freeze_backbone, train
 from pace.peft.projection import GradientProjector, collect_input_covariances, subspace_bases
@@ -61,6 +63,7 @@ class SequentialLoRA(Learner):
     project = False
     masked_loss = False
     replay_all = False
+    prototype_eval = False
 
     def __init__(self, cfg, backbone, ctx):
         super().__init__(cfg, backbone, ctx)
@@ -70,6 +73,7 @@ class SequentialLoRA(Learner):
         self.adapter = Adapter(backbone, cfg.lora)
         self.adapter.attach(list(range(backbone.num_blocks)) if cfg.blocks is None else cfg.blocks)
         self.head = LinearHead(backbone.embed_dim).to(ctx.device)
+        self.prototypes = NCMHead(backbone.embed_dim)  # lorasub's classifier
         self.seen: Split | None = None  # joint_lora only
 
     def learn(self, session: Session) -> None:
@@ -95,6 +99,8 @@ class SequentialLoRA(Learner):
                 projector.remove()
         if self.new_stack_per_session:
             self.adapter.freeze()
+        if self.prototype_eval:
+            self.prototypes.accumulate(embed(self.backbone, session.train.x, ctx), session.train.y, session.num_seen)
 
     def _fit(self, data: Split, session: Session, projector) -> None:
         # lorasub: only the current session's classes compete (old rows get no gradient)
@@ -106,10 +112,14 @@ class SequentialLoRA(Learner):
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode(), autocast(self.ctx):
-            return self.head(self.backbone(x.to(self.ctx.device)).pooled.float())[:, : self.num_seen].float()
+            z = self.backbone(x.to(self.ctx.device)).pooled.float()
+        if self.prototype_eval:
+            return self.prototypes.logits(z.cpu())[:, : self.num_seen]
+        return self.head(z)[:, : self.num_seen].float()
 
     def state_dict(self):
-        state = {**super().state_dict(), "adapter": self.adapter.state_dict(), "head": self.head.state_dict()}
+        state = {**super().state_dict(), "adapter": self.adapter.state_dict(), "head": self.head.state_dict(),
+                 "prototypes": self.prototypes.state_dict()}
         if self.seen is not None:
             state["seen"] = {"x": self.seen.x, "y": self.seen.y, "keys": list(self.seen.keys)}
         return state
@@ -125,6 +135,7 @@ class SequentialLoRA(Learner):
                     a.requires_grad_(True)
                     b.requires_grad_(True)
         self.head.load_state_dict(state["head"])
+        self.prototypes.load_state_dict(state["prototypes"])
         if "seen" in state:
             s = state["seen"]
             self.seen = Split(s["x"], s["y"], list(s["keys"]))
@@ -155,6 +166,7 @@ class LoRASub(SequentialLoRA):
     new_stack_per_session = True
     project = True
     masked_loss = True
+    prototype_eval = True
 
 
 @register_method(JointLoRAConfig)
