@@ -590,7 +590,7 @@ def _run(kind, path, spec, base, note, trials, state, exp_root, exp_path, cwd, o
             out("\nmean ± std over seeds:\n" + agg)
     out(f"\n{len(rows)} trials, {num_errors} failed; Tune results in {exp_path}")
     if interrupted:
-        out(f"interrupted: continue with `pace {kind} {path} --resume`")
+        out(f"interrupted: continue with `pace {'ablate' if kind == 'ablation' else kind} {path} --resume`")
     if track:
         out(f"MLflow: experiment {spec.name!r} at {uri}\n  open the UI with: {ui_command(uri)}")
     return StudyResult(exp_path, uri, exp_id, parent, rows, interrupted, num_errors)
