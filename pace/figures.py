@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -71,7 +72,9 @@ def session_curves(series: Mapping[str, Sequence[Sequence[float]]], path: str | 
     """
     fig = Figure(figsize=(6.4, 4.2), layout="constrained")
     ax = fig.add_subplot()
-    for label, runs in series.items():
+    # more lines than the default 10 colours: cycle tab20 and vary the line style so no two look alike
+    colors = matplotlib.colormaps["tab20"].colors
+    for k_line, (label, runs) in enumerate(series.items()):
         if not runs:
             continue
         T = max(len(r) for r in runs)
@@ -82,7 +85,9 @@ def session_curves(series: Mapping[str, Sequence[Sequence[float]]], path: str | 
         mean = np.array([s[0] for s in stats])
         std = np.array([s[1] for s in stats])
         x = np.arange(1, T + 1)
-        (line,) = ax.plot(x, mean, marker="o" if T <= 30 else None, ms=3, label=f"{label} (n={len(runs)})")
+        (line,) = ax.plot(x, mean, marker="o" if T <= 30 else None, ms=3, label=f"{label} (n={len(runs)})",
+                          color=colors[(2 * k_line) % 20 + (k_line // 10) % 2],
+                          linestyle=("-", "--", ":")[(k_line // 10) % 3])
         ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # sessions are whole numbers
     ax.set_xlabel("session")
