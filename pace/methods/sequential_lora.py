@@ -4,7 +4,7 @@
   after session together with a head that grows by the new classes; cross-entropy over all seen
   classes on the current data only. No protection: the naive baseline that forgets.
 - ``lorasub`` (LoRA-DRS, Liu & Chang, CVPR 2025): a new LoRA stack per session, earlier ones frozen;
-  its updates are restricted by the subspace of the current data's layer inputs under the
+  from the second session on its updates are restricted by the subspace of the current data's layer inputs under the
   LoRA-subtracted model (rho 0.99 of the energy; orthogonal to it by default, see PACEConfig's
   projection_mode for why); the loss covers the current session's classes (old logits masked).
   Prediction, as in the official code, is by class prototypes: the mean embedding of each class's
@@ -86,7 +86,7 @@ class SequentialLoRA(Learner):
             self.seen = data if self.seen is None else _concat(self.seen, data)
             data = self.seen
         projector = None
-        if self.project:
+        if self.project and session.index > 0:  # LoRA-DRS trains the first session unconstrained
             covs = collect_input_covariances(self.adapter.manager, self.backbone, data.x, ctx.eval_batch_size,
                                              ctx.device)
             projector = GradientProjector(self.adapter.manager,
