@@ -502,7 +502,8 @@ def choose_grouping(runs: pd.DataFrame, group_by: Sequence[str] | None, column: 
 
     if group_by:
         keys = list(group_by)
-        col = column if column in keys else None
+        # runs of different benchmarks are never averaged together, even if --group-by omits the column key
+        col = column if column in keys or distinct(column) > 1 else None
         return Grouping([k for k in keys if k != col], col)
     col = column if distinct(column) else None
     if sweep_param:
