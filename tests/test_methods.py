@@ -40,6 +40,7 @@ def test_n_stop_rule_matches_the_paper():
 
 @pytest.mark.parametrize("method", [
     {"name": "simplecil"},
+    {"name": "simplecil", "fsa": {"enabled": True, "train": {"epochs": 1}}},
     {"name": "joint", "epochs": 20},
     {"name": "ranpac", "fsa": {"enabled": False}, "analytic": {"proj_dim": 256}},
     {"name": "ranpac", "fsa": {"train": {"epochs": 1}}, "analytic": {"proj_dim": 256}},
@@ -48,7 +49,7 @@ def test_n_stop_rule_matches_the_paper():
     {"name": "lorasub", "train": {"epochs": 1}},
     {"name": "joint_lora", "train": {"epochs": 1}},
     {"name": "pace", **TINY_PACE},
-], ids=lambda m: m["name"] + ("-fsa" if m.get("fsa", {}).get("train") else ""))
+], ids=lambda m: m["name"] + ("-fsa" if m.get("fsa", {}).get("train") else ""))  # simplecil-fsa = APER
 def test_every_method_runs_end_to_end(tmp_path, method):
     runner, final = _run(tmp_path, method)
     assert len(final["accuracy_per_session"]) == 3
