@@ -5,6 +5,7 @@ import pytest
 from pace.config import validate_config
 from pace.methods.pace import PACEConfig, adapts_session, last_adapted_session
 from pace.runner import Runner
+from reporters import InterruptAfter
 
 TINY_PACE = {"fsa_epochs": 1, "msa_epochs": 1, "n_views": 4, "loss_views": 2, "cka_samples": 16,
              "analytic": {"proj_dim": 256}}
@@ -91,21 +92,11 @@ def test_each_pace_switch_changes_what_runs(tmp_path, switches, check):
     assert check(_trace(tmp_path, **switches))
 
 
-class _Stop:
-    def on_start(self, runner): ...
-
-    def on_session(self, runner, result):
-        if result.index == 1:
-            raise KeyboardInterrupt
-
-    def on_end(self, runner, final): ...
-
-
 def test_pace_resume_equals_uninterrupted(tmp_path):
     method = {"name": "pace", **TINY_PACE}
     _, full = _run(tmp_path / "full", method)
     with pytest.raises(KeyboardInterrupt):
-        Runner(_cfg(method), tmp_path / "cut", [_Stop()]).run()
+        Runner(_cfg(method), tmp_path / "cut", [InterruptAfter(2)]).run()
     runner = Runner(_cfg(method), tmp_path / "cut")
     resumed = runner.run()
     assert resumed["accuracy_per_session"] == full["accuracy_per_session"]
@@ -125,6 +116,6 @@ def test_peft_needs_a_transformer_backbone(tmp_path):
 def test_lora_baselines_resume_equals_uninterrupted(tmp_path, method):
     _, full = _run(tmp_path / "full", method)
     with pytest.raises(KeyboardInterrupt):
-        Runner(_cfg(method), tmp_path / "cut", [_Stop()]).run()
+        Runner(_cfg(method), tmp_path / "cut", [InterruptAfter(2)]).run()
     resumed = Runner(_cfg(method), tmp_path / "cut").run()
     assert resumed["accuracy_per_session"] == full["accuracy_per_session"]

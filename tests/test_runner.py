@@ -9,6 +9,7 @@ import torch
 from pace.cli import main
 from pace.config import validate_config
 from pace.runner import Runner
+from reporters import InterruptAfter
 
 
 def _cfg(method="simplecil", dataset=None, **kw):
@@ -54,25 +55,10 @@ def test_same_seeds_same_matrix_other_seed_differs(tmp_path):
     assert c["accuracy_per_session"] != a["accuracy_per_session"]
 
 
-class _Stop:
-    """A reporter that interrupts the run after a given session, as Ctrl-C would."""
-
-    def __init__(self, after):
-        self.after = after
-
-    def on_start(self, runner): ...
-
-    def on_session(self, runner, result):
-        if result.index + 1 == self.after:
-            raise KeyboardInterrupt
-
-    def on_end(self, runner, final): ...
-
-
 def test_resume_equals_uninterrupted(tmp_path):
     full = Runner(_cfg("joint", epochs=30), tmp_path / "full").run()
     with pytest.raises(KeyboardInterrupt):
-        Runner(_cfg("joint", epochs=30), tmp_path / "resumed", [_Stop(after=2)]).run()
+        Runner(_cfg("joint", epochs=30), tmp_path / "resumed", [InterruptAfter(2)]).run()
     ckpt = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)
     assert ckpt["sessions_done"] == 2
     resumed_runner = Runner(_cfg("joint", epochs=30), tmp_path / "resumed")

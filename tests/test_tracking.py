@@ -6,6 +6,7 @@ import pytest
 
 from pace.config import validate_config
 from pace.runner import Runner
+from reporters import InterruptAfter
 from pace.tracking import (MAX_PARAM_VALUE, MlflowReporter, MlflowSink, flatten, normalize_uri, run_tags,
                            ui_command)
 
@@ -24,19 +25,6 @@ CFG = {
 def sink(tmp_path_factory):
     # one store for the module: creating an MLflow SQLite schema takes seconds
     return MlflowSink(normalize_uri(f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"))
-
-
-class _Interrupt:
-    def __init__(self, after):
-        self.after = after
-
-    def on_start(self, runner): ...
-
-    def on_session(self, runner, result):
-        if result.index + 1 == self.after:
-            raise KeyboardInterrupt
-
-    def on_end(self, runner, final): ...
 
 
 def test_uris(tmp_path, monkeypatch):
@@ -72,7 +60,7 @@ def test_interrupted_run_continues_without_duplicate_steps(sink, tmp_path):
 
     first = MlflowReporter(sink, exp, parent, "trial-a", "t001", {"seed": "0"})
     with pytest.raises(KeyboardInterrupt):  # after session 2 is logged, before it is "checkpointed"
-        Runner(cfg, tmp_path / "a", [first, _Interrupt(after=2)]).run()
+        Runner(cfg, tmp_path / "a", [first, InterruptAfter(after=2)]).run()
     assert sink.client.get_run(first.run_id).info.status == "RUNNING"
     assert sink.logged_steps(first.run_id) == [0, 1]
 
