@@ -109,6 +109,8 @@ class Runner:
         self.table: FeatureTable | None = None
         self.scenario: Scenario | None = None
         self.learner: Learner | None = None
+        self._test_splits: dict[int, Split] = {}
+        self.analysis_hooks: list = []  # filled by prepare() (pace.hooks) and by sweep trials
 
     # ---------------------------------------------------------------- set-up
     def prepare(self) -> None:
@@ -137,6 +139,12 @@ class Runner:
         idx = torch.tensor(rows, dtype=torch.long)
         return Split(self.table.x[idx], self.y_all[idx], [self.keys_all[i] for i in rows])
 
+    def test_split(self, i: int) -> Split:
+        """Session i's test split, gathered once: every later session evaluates it again."""
+        if i not in self._test_splits:
+            self._test_splits[i] = self.split(self.scenario.sessions[i].test)
+        return self._test_splits[i]
+
     def session(self, t: int) -> Session:
         spec = self.scenario.sessions[t]
         return Session(index=t, classes=spec.classes, num_seen=spec.classes[-1] + 1,
@@ -150,11 +158,8 @@ class Runner:
         self.backbone.eval()
         with torch.inference_mode():
             for i in range(t + 1):
-                test = self.split(self.scenario.sessions[i].test)
-                correct = 0
-                for s in range(0, len(test), self.ctx.eval_batch_size):
-                    logits = self.learner.predict(test.x[s:s + self.ctx.eval_batch_size].to(self.device))
-                    correct += (logits.argmax(-1).cpu() == test.y[s:s + self.ctx.eval_batch_size]).sum().item()
+                test = self.test_split(i)
+                correct = (self.learner.predict_split(test).argmax(-1).cpu() == test.y).sum().item()
                 row.append(100.0 * correct / len(test))
         self.backbone.train(was_training)
         return row
@@ -188,6 +193,7 @@ class Runner:
         self.learner.learn(session)
         self.learner.num_seen = session.num_seen
         elapsed = time.perf_counter() - t0
+        counters = dict(self.ctx.counters)  # the learner's cost only, not the evaluation's
         row = self.evaluate(t)
         matrix = [r.row for r in self.results] + [row]
         sizes = self.test_sizes()[: t + 1]
@@ -196,14 +202,11 @@ class Runner:
             acc_old=metrics.old_accuracy_per_session(matrix, sizes)[-1],
             forgetting=metrics.forgetting(matrix), num_classes=session.num_seen,
             train_samples=len(session.train), time_s=elapsed, peak_mem_mb=_peak_mem_mb(self.device),
-            counters=dict(self.ctx.counters), analysis=self._analysis(t))
+            counters=counters, analysis=self._analysis(t))
 
     def _analysis(self, t: int) -> dict[str, float]:
-        hooks = getattr(self, "analysis_hooks", None)
-        if not hooks:
-            return {}
         out: dict[str, float] = {}
-        for hook in hooks:
+        for hook in self.analysis_hooks:
             out.update(hook(self, t))
         return out
 

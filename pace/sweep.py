@@ -120,16 +120,11 @@ class ValidationHook:
             return {}
         new = set(sessions[-1].val)
         split = runner.split(rows)
-        bs = runner.ctx.eval_batch_size
         was_training = runner.backbone.training
         runner.backbone.eval()
-        hits = []
         with torch.inference_mode():
-            for s in range(0, len(split), bs):
-                logits = runner.learner.predict(split.x[s:s + bs].to(runner.device))
-                hits.append((logits.argmax(-1).cpu() == split.y[s:s + bs]))
+            hit = runner.learner.predict_split(split).argmax(-1).cpu() == split.y
         runner.backbone.train(was_training)
-        hit = torch.cat(hits)
         is_new = torch.tensor([r in new for r in rows])
         out = {"val_acc_all": 100.0 * hit.float().mean().item()}
         if is_new.any():
@@ -286,7 +281,7 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
                              TuneReporter(tracker, before_final=save_outputs)) if r is not None]
     runner = Runner(cfg, out, reporters)
     runner.prepare()
-    runner.analysis_hooks = [*(getattr(runner, "analysis_hooks", None) or []), ValidationHook()]
+    runner.analysis_hooks.append(ValidationHook())
     try:
         runner.run(resume=True)
     except Exception:

@@ -82,6 +82,12 @@ class Learner(ABC):
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Logits over classes 0..num_seen-1 for a batch of frontend outputs (on any device)."""
 
+    def predict_split(self, split: Split) -> torch.Tensor:
+        """Logits for a whole split (the runner's evaluation); batches ``predict`` by default."""
+        bs = self.ctx.eval_batch_size
+        return torch.cat([self.predict(split.x[s:s + bs].to(self.ctx.device)).cpu()
+                          for s in range(0, len(split), bs)])
+
     def state_dict(self) -> dict[str, Any]:
         """Tensors and plain containers only: checkpoints load with ``weights_only=True``."""
         return {"num_seen": self.num_seen}

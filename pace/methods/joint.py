@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from pace.config import MethodConfig
-from pace.methods.base import Learner, Session, register_method
-from pace.methods.common import batch_embeddings, split_embeddings
+from pace.methods.base import Session, register_method
+from pace.methods.common import EmbeddingLearner, split_embeddings
 
 
 class JointConfig(MethodConfig):
@@ -29,7 +29,7 @@ class JointConfig(MethodConfig):
 
 
 @register_method(JointConfig)
-class Joint(Learner):
+class Joint(EmbeddingLearner):
     def __init__(self, cfg, backbone, ctx):
         super().__init__(cfg, backbone, ctx)
         self.z = torch.empty(0, backbone.embed_dim)
@@ -61,9 +61,9 @@ class Joint(Learner):
             folded.bias.copy_(head.bias - (head.weight / sd) @ mu)
         return folded
 
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
+    def logits_from_embeddings(self, z: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return self.head(batch_embeddings(self, x).cpu())
+            return self.head(z.cpu())
 
     def state_dict(self):
         return {**super().state_dict(), "z": self.z, "y": self.y, "head": self.head.state_dict()}

@@ -49,8 +49,8 @@ from pydantic import Field
 from pace.analysis import block_features, linear_cka
 from pace.config import MethodConfig
 from pace.losses import boundary_loss, boundary_set, perturb
-from pace.methods.base import Learner, Session, Split, register_method
-from pace.methods.common import batch_embeddings, split_embeddings
+from pace.methods.base import Session, Split, register_method
+from pace.methods.common import EmbeddingLearner, split_embeddings
 from pace.methods.parts import (Adapter, AnalyticClassifier, AnalyticConfig, LoRAConfig, TrainConfig,
                                 evaluating, freeze_backbone, session_head, train)
 from pace.peft.projection import GradientProjector, collect_input_covariances, subspace_bases
@@ -129,7 +129,7 @@ def last_adapted_session(session_sizes: list[int], n_stop: int) -> int:
 
 
 @register_method(PACEConfig)
-class PACE(Learner):
+class PACE(EmbeddingLearner):
     def __init__(self, cfg: PACEConfig, backbone, ctx):
         super().__init__(cfg, backbone, ctx)
         freeze_backbone(backbone)
@@ -159,8 +159,8 @@ class PACE(Learner):
         self.trace.append(f"analytic:{session.index + 1}")
         self.samples_seen += len(session.train)
 
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier.logits(batch_embeddings(self, x))[:, : self.num_seen]
+    def logits_from_embeddings(self, z: torch.Tensor) -> torch.Tensor:
+        return self.classifier.logits(z)[:, : self.num_seen]
 
     # ------------------------------------------------------------------ stage 1
     def _first_session(self, session: Session) -> None:

@@ -16,8 +16,8 @@ import torch
 from pydantic import Field
 
 from pace.config import MethodConfig
-from pace.methods.base import Learner, Session, register_method
-from pace.methods.common import batch_embeddings, split_embeddings
+from pace.methods.base import Session, register_method
+from pace.methods.common import EmbeddingLearner, split_embeddings
 from pace.methods.parts import (Adapter, AnalyticClassifier, AnalyticConfig, FSAConfig,
                                 first_session_adaptation, freeze_backbone)
 
@@ -30,7 +30,7 @@ class RanPACConfig(MethodConfig):
     analytic: AnalyticConfig = Field(default_factory=AnalyticConfig)
 
 
-class AnalyticLearner(Learner):
+class AnalyticLearner(EmbeddingLearner):
     """Shared by RanPAC and ACL: optional FSA on session 1, then analytic updates only."""
 
     def __init__(self, cfg, backbone, ctx):
@@ -47,8 +47,8 @@ class AnalyticLearner(Learner):
         self.classifier.fit_session(z, session.train.y.to(self.ctx.device), session.num_seen,
                                     self.ctx.generator(f"ridge:{session.index}"))
 
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier.logits(batch_embeddings(self, x))[:, : self.num_seen]
+    def logits_from_embeddings(self, z: torch.Tensor) -> torch.Tensor:
+        return self.classifier.logits(z)[:, : self.num_seen]
 
     def state_dict(self):
         return {**super().state_dict(), "adapter": self.adapter.state_dict(),

@@ -15,8 +15,8 @@ from pydantic import Field
 
 from pace.config import MethodConfig
 from pace.heads.ncm import NCMHead
-from pace.methods.base import Learner, Session, register_method
-from pace.methods.common import batch_embeddings, split_embeddings
+from pace.methods.base import Session, register_method
+from pace.methods.common import EmbeddingLearner, split_embeddings
 from pace.methods.parts import Adapter, FSAConfig, first_session_adaptation, freeze_backbone
 
 
@@ -28,7 +28,7 @@ class SimpleCILConfig(MethodConfig):
 
 
 @register_method(SimpleCILConfig)
-class SimpleCIL(Learner):
+class SimpleCIL(EmbeddingLearner):
     def __init__(self, cfg, backbone, ctx):
         super().__init__(cfg, backbone, ctx)
         self.head = NCMHead(backbone.embed_dim)
@@ -40,8 +40,8 @@ class SimpleCIL(Learner):
             first_session_adaptation(self, session, self.cfg.fsa, self.adapter)
         self.head.accumulate(split_embeddings(self, session.train), session.train.y, session.num_seen)
 
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head.logits(batch_embeddings(self, x).cpu())[:, : self.num_seen]
+    def logits_from_embeddings(self, z: torch.Tensor) -> torch.Tensor:
+        return self.head.logits(z.cpu())[:, : self.num_seen]
 
     def state_dict(self):
         return {**super().state_dict(), "head": self.head.state_dict(), "adapter": self.adapter.state_dict()}
