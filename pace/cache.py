@@ -21,6 +21,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 
+class CacheError(RuntimeError):
+    """The cache cannot be written (read-only, full disk); the message says how to run without it."""
+
+
 def default_cache_dir() -> Path:
     return Path(os.environ.get("PACE_CACHE_DIR") or Path.home() / ".cache" / "pace")
 
@@ -65,21 +69,30 @@ class FeatureCache:
 
     def _discard(self, path: Path, why: str) -> None:
         warnings.warn(f"cache entry {path} is corrupt ({why}); recomputing", stacklevel=3)
-        path.unlink(missing_ok=True)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:
+            pass  # a read-only cache: the entry is recomputed and the write then says why it fails
         return None
 
     def save(self, key: str, tensors: dict[str, torch.Tensor], meta: dict[str, str] | None = None) -> Path:
         path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         full_meta = {**(meta or {}), "pace_key": key, "pace_checksum": _checksum(tensors)}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
+        tmp = None
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+            os.close(fd)
             save_file(tensors, tmp, metadata=full_meta)
             os.replace(tmp, path)
+        except (OSError, SafetensorError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise CacheError(f"cannot write to the feature cache {self.root} ({why}); free space there, "
+                             "point runtime.cache_dir (or $PACE_CACHE_DIR) at a writable folder, or set "
+                             "runtime.use_cache: false") from None
         finally:
-            if os.path.exists(tmp):
+            if tmp is not None and os.path.exists(tmp):
                 os.unlink(tmp)
         return path
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
+
+_default_showwarning = warnings.showwarning
 
 
 def _overrides(pairs: list[str]) -> dict:
@@ -109,10 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="one continual-learning run from a config (or a sweep/ablation base)")
     r.add_argument("config", help="run config YAML (configs/*.yaml), or a sweep/ablation spec (its base)")
-    r.add_argument("--out", help="output folder (default runs/<config name>)")
+    r.add_argument("--out", help="output folder (default runs/<config name>); an existing one is continued "
+                   "only under the same config and data")
     r.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a config field, e.g. --set method.lr=0.01 (repeatable)")
-    r.add_argument("--no-resume", action="store_true", help="ignore a checkpoint in --out and start over")
+                   help="override a config field, e.g. --set scenario.num_sessions=2 (repeatable)")
+    r.add_argument("--no-resume", action="store_true",
+                   help="start over in --out: its checkpoint and results are replaced")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.set_defaults(func=cmd_run)
 
@@ -156,17 +161,33 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    # pace's own warnings are messages for the user, not code locations
+    if f"{os.sep}pace{os.sep}" in str(filename):
+        print(f"pace: warning: {message}", file=file or sys.stderr)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
+def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror and exc.filename and not isinstance(exc, FileNotFoundError):
+        return f"{exc.filename}: {exc.strerror}"  # e.g. a read-only or full disk, named by its file
+    return str(exc)
+
+
 def main(argv: list[str] | None = None) -> int:
     from pace.config import ConfigError
     from pace.data.audio import AudioError
 
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
-    except (ConfigError, AudioError, FileNotFoundError, ValueError, RuntimeError) as exc:
+        with warnings.catch_warnings():  # restores the caller's warning display (tests call main)
+            warnings.showwarning = _show_warning
+            return int(args.func(args) or 0)
+    except (ConfigError, AudioError, OSError, ValueError, RuntimeError) as exc:
         if os.environ.get("PACE_DEBUG"):
             raise
-        print(f"pace: error: {exc}", file=sys.stderr)
+        print(f"pace: error: {_error_text(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("pace: interrupted", file=sys.stderr)

@@ -3,34 +3,34 @@
 For t = 1..T: ``learner.learn(session t)`` -> evaluate on the test split of every seen session (one
 shared head, no task id) -> accuracy-matrix row -> reporters. After each session the learner state,
 RNG state and results so far are checkpointed atomically; a run restarted on the same output folder
-resumes after its last finished session and gives the same result as an uninterrupted run.
+resumes after its last finished session and gives the same result as an uninterrupted run. What the
+folder guarantees (one config, one data set, verified checkpoints) is pace/runfolder.py's job.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import resource
-import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+import yaml
 
 from pace import metrics
 from pace.backbones.registry import build_backbone
 from pace.cache import FeatureCache
-from pace.config import RunConfig, dump_config
+from pace.config import RunConfig
 from pace.data.datasets import build_dataset
 from pace.data.features import FeatureTable, extract_features
 from pace.data.scenario import Scenario, build_scenario
 from pace.methods.base import Context, Learner, Session, Split, build_learner
 from pace.provenance import provenance
-
-CHECKPOINT = "checkpoint.pt"
+from pace.runfolder import (CHECKPOINT, RunFolder, data_identity, save_checkpoint,  # noqa: F401
+                            write_json, write_text, write_tree)
 
 
 @dataclass
@@ -82,17 +82,6 @@ def _peak_mem_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB -> MiB
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 class Runner:
     def __init__(self, cfg: RunConfig, out_dir: str | Path, reporters: list[Reporter] | None = None):
         self.cfg = cfg
@@ -111,10 +100,22 @@ class Runner:
         self.learner: Learner | None = None
         self._test_splits: dict[int, Split] = {}
         self.analysis_hooks: list = []  # filled by prepare() (pace.hooks) and by sweep trials
+        self.folder = RunFolder(self.out)
+        self._saved: dict[str, Any] | None = None  # the verified checkpoint to resume from
+        self._resume = True
 
     # ---------------------------------------------------------------- set-up
-    def prepare(self) -> None:
+    def prepare(self, resume: bool = True) -> None:
+        """Build everything, check the output folder, then write config, splits and run info.
+
+        Nothing is written before every check has passed: a refused or failed set-up leaves an
+        existing result folder as it was.
+        """
         cfg = self.cfg
+        self._resume = resume
+        self.folder.check_path()
+        # cheap checks first: a changed config or a damaged checkpoint is refused before featurising
+        self._saved = self.folder.check_config(cfg.to_dict()) if resume else None
         # Randomly initialised backbones draw from the run's init seed unless the config pins one.
         self.backbone = build_backbone(cfg.backbone, init_seed=cfg.seeds.init).to(self.device)
         dataset = build_dataset(cfg.data)
@@ -122,18 +123,29 @@ class Runner:
         self.table = extract_features(dataset, self.backbone.frontend, self.cache,
                                       skip_bad=cfg.data.skip_bad, progress=cfg.runtime.progress)
         self.scenario = build_scenario(self.table.items, cfg.scenario, cfg.seeds)
+        if self.scenario.num_classes < 2:
+            warnings.warn(f"the run has a single class ({self.scenario.class_order[0]!r}): every prediction "
+                          "is that class, so every accuracy is trivially 100 %", stacklevel=2)
         index = {lab: i for i, lab in enumerate(self.scenario.class_order)}
         self.y_all = torch.tensor([index.get(it.label, -1) for it in self.table.items], dtype=torch.long)
         self.keys_all = [f"{dataset.name}/{it.key}" for it in self.table.items]
         self.learner = build_learner(cfg.method, self.backbone, self.ctx)
-        self.out.mkdir(parents=True, exist_ok=True)
-        dump_config(cfg, self.out / "config.yaml")
-        self.scenario.write(self.out / "splits", self.table.items)
-        (self.out / "run_info.json").write_text(json.dumps(
-            {**provenance(), "dataset": dataset.description, "bad_files": self.table.bad,
-             "device": str(self.device)}, indent=1))
+        self.data = data_identity(dataset, self.table, self.scenario)
+        if resume:
+            self.folder.check_data(self._saved, self.data)
+        self.folder.make()
+        if not resume:
+            self.folder.clear_results()
+        self._write_setup()
         from pace.hooks import build_hooks
         self.analysis_hooks = build_hooks(self)
+
+    def _write_setup(self) -> None:
+        write_text(self.out / "config.yaml", yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+        write_tree(self.out / "splits", lambda d: self.scenario.write(d, self.table.items))
+        write_json(self.out / "run_info.json",
+                   {**provenance(), "dataset": self.dataset.description, "data": self.data,
+                    "bad_files": self.table.bad, "device": str(self.device)})
 
     def split(self, rows: list[int]) -> Split:
         idx = torch.tensor(rows, dtype=torch.long)
@@ -169,7 +181,10 @@ class Runner:
 
     def run(self, resume: bool = True) -> dict[str, Any]:
         if self.learner is None:
-            self.prepare()
+            self.prepare(resume)
+        elif self._resume and not resume:  # prepared to resume, then told to start over
+            self.folder.clear_results()
+            self._saved = None
         start = self._restore() if resume else 0
         for r in self.reporters:
             r.on_start(self)
@@ -231,9 +246,8 @@ class Runner:
             "units": "accuracies, forgetting and bwt in percent",
         })
         self.write_matrix(self.out / "accuracy_matrix.csv", m)
-        (self.out / "metrics.json").write_text(json.dumps(final, indent=1))
-        (self.out / "sessions.json").write_text(json.dumps([asdict(r) for r in self.results], indent=1,
-                                                           default=str))
+        write_json(self.out / "metrics.json", final)
+        write_json(self.out / "sessions.json", [asdict(r) for r in self.results])
         return final
 
     @staticmethod
@@ -242,27 +256,25 @@ class Runner:
         lines = [",".join(f"session_{i + 1}" for i in range(T))]
         for row in m:
             lines.append(",".join(f"{v:.4f}" for v in row) + "," * (T - len(row)))
-        path.write_text("\n".join(lines) + "\n")
+        write_text(path, "\n".join(lines) + "\n")
 
     # ---------------------------------------------------------------- checkpoints
     def _checkpoint(self, done: int) -> None:
         state = {
             "sessions_done": done,
             "config": self.cfg.to_dict(),
+            "data": self.data,
             "results": [asdict(r) for r in self.results],
             "learner": self.learner.state_dict(),
             "torch_rng": torch.get_rng_state(),
         }
-        _atomic_torch_save(state, self.out / CHECKPOINT)
+        save_checkpoint(self.out / CHECKPOINT, state)
 
     def _restore(self) -> int:
-        path = self.out / CHECKPOINT
-        if not path.is_file():
+        """Continue from the checkpoint that prepare() verified (config, data and checksum)."""
+        state, self._saved = self._saved, None
+        if state is None:
             return 0
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if state["config"] != self.cfg.to_dict():
-            raise RuntimeError(f"{path} was written by a different config; use a new --out folder "
-                               "or delete the checkpoint to start over")
         self.learner.load_state_dict(state["learner"])
         torch.set_rng_state(state["torch_rng"])
         self.results = [SessionResult(**r) for r in state["results"]]

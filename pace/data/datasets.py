@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from pace.data.audio import read_audio
+from pace.data.audio import AudioError, read_audio
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".sph", ".aiff", ".aif")
 
@@ -30,7 +30,8 @@ class Item:
 
 class AudioDataset:
     def __init__(self, name: str, items: list[Item],
-                 loader: Callable[[Item], torch.Tensor] | None = None, description: str = ""):
+                 loader: Callable[[Item], torch.Tensor] | None = None, description: str = "",
+                 sources: dict[str, str] | None = None):
         if not items:
             raise ValueError(f"data set {name!r} has no items")
         keys = [it.key for it in items]
@@ -40,6 +41,8 @@ class AudioDataset:
         self.items = items
         self.description = description
         self._loader = loader
+        #: item key -> where the item was listed (e.g. a manifest line), added to its read errors
+        self.sources = sources or {}
 
     def __len__(self) -> int:
         return len(self.items)
@@ -48,11 +51,18 @@ class AudioDataset:
     def labels(self) -> list[str]:
         return sorted({it.label for it in self.items})
 
-    def waveform(self, item: Item) -> torch.Tensor:
-        if self._loader is not None:
-            return self._loader(item)
-        assert item.path is not None, item
-        return read_audio(item.path)
+    def waveform(self, item: Item, use_samples: int | None = None) -> torch.Tensor:
+        """The item's 16 kHz waveform; ``use_samples``: how much of it the caller uses (see read_audio)."""
+        try:
+            if self._loader is not None:
+                return self._loader(item)
+            assert item.path is not None, item
+            return read_audio(item.path, use_samples=use_samples)
+        except AudioError as exc:
+            where = self.sources.get(item.key)
+            if where is None:
+                raise
+            raise AudioError(exc.path, f"{exc.reason} ({where})") from None
 
     def fingerprint(self) -> str:
         """Content identity for caches: keys, labels and file sizes/mtimes (cheap, no decoding)."""
@@ -60,7 +70,11 @@ class AudioDataset:
         for it in self.items:
             h.update(f"{it.key}\0{it.label}\0".encode())
             if it.path is not None:
-                st = it.path.stat()
+                try:
+                    st = it.path.stat()
+                except OSError:  # missing: reading it fails (or, with skip_bad, skips it) later
+                    h.update(b"missing")
+                    continue
                 h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
         return h.hexdigest()[:16]
 
@@ -92,7 +106,7 @@ def build_dataset(cfg) -> AudioDataset:
         if kept.get(it.label, 0) < cfg.max_per_class:
             kept[it.label] = kept.get(it.label, 0) + 1
             items.append(it)
-    return AudioDataset(f"{ds.name}-max{cfg.max_per_class}", items, ds._loader, ds.description)
+    return AudioDataset(f"{ds.name}-max{cfg.max_per_class}", items, ds._loader, ds.description, ds.sources)
 
 
 def _build(cfg) -> AudioDataset:

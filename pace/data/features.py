@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pace.cache import FeatureCache
-from pace.data.audio import AudioError
+from pace.data.audio import AudioError, samples_used_by
 from pace.data.datasets import AudioDataset, Item
 
 
@@ -30,10 +30,11 @@ def extract_features(dataset: AudioDataset, frontend, cache: FeatureCache | None
 
     def compute() -> tuple[dict[str, torch.Tensor], list[tuple[str, str]]]:
         rows, kept, bad = [], [], []
+        used = samples_used_by(frontend)  # a very long clip is read only in part
         for i, item in enumerate(tqdm(dataset.items, desc=f"features {dataset.name}", unit="clip",
                                       disable=not progress, leave=False)):
             try:
-                rows.append(frontend(dataset.waveform(item)))
+                rows.append(frontend(dataset.waveform(item, use_samples=used)))
                 kept.append(i)
             except AudioError as exc:
                 if not skip_bad:

@@ -37,7 +37,7 @@ def load_manifest(csv_path: str | Path) -> AudioDataset:
         missing = [c for c in ("path", "label") if c not in cols]
         if missing:
             raise ValueError(f"{csv_path}: missing column(s) {missing}; found {cols}, expected path,label[,split]")
-        items = []
+        items, sources = [], {}
         for lineno, row in enumerate(reader, start=2):
             rel, label = (row.get("path") or "").strip(), (row.get("label") or "").strip()
             if not rel or not label:
@@ -47,6 +47,7 @@ def load_manifest(csv_path: str | Path) -> AudioDataset:
             if split is not None and split not in SPLITS:
                 raise ValueError(f"{csv_path}:{lineno}: split {split!r} not one of {SPLITS}")
             items.append(Item(key=rel, label=label, path=path, split=split))
+            sources[rel] = f"listed at {csv_path}:{lineno}"
     if not items:
         raise ValueError(f"{csv_path}: no rows")
-    return AudioDataset(f"manifest-{csv_path.stem}", items, description=f"manifest {csv_path}")
+    return AudioDataset(f"manifest-{csv_path.stem}", items, description=f"manifest {csv_path}", sources=sources)

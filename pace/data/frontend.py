@@ -58,6 +58,10 @@ class FbankFrontend:
     kind: str = "fbank"
 
     def __call__(self, wave: torch.Tensor) -> torch.Tensor:
+        return self.with_length(wave)[0]
+
+    def with_length(self, wave: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """The features and how many of their frames come from the clip (the rest is padding)."""
         w = wave.to(torch.float32).reshape(1, -1) * self.waveform_scale
         if self.subtract_mean:
             w = w - w.mean()
@@ -72,8 +76,9 @@ class FbankFrontend:
             frame_length=self.frame_length_ms,
             frame_shift=self.frame_shift_ms,
         )
+        num_frames = min(fb.shape[0], self.target_frames)
         fb = pad_or_crop(fb, self.target_frames, dim=0)
-        return (fb - self.norm_mean) / (2.0 * self.norm_std)
+        return (fb - self.norm_mean) / (2.0 * self.norm_std), num_frames
 
     def key(self) -> str:
         return _key(self)
@@ -81,6 +86,11 @@ class FbankFrontend:
     @property
     def shape(self) -> tuple[int, int]:
         return (self.target_frames, self.num_mel_bins)
+
+    @property
+    def input_samples(self) -> int:
+        """16 kHz samples that ``target_frames`` frames cover (longer clips are cropped)."""
+        return round(16 * ((self.target_frames - 1) * self.frame_shift_ms + self.frame_length_ms))
 
 
 @dataclass(frozen=True)

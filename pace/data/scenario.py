@@ -70,6 +70,10 @@ def session_sizes(num_classes: int, num_sessions: int, first: int | None) -> lis
                              "change scenario.num_sessions, scenario.max_classes or set "
                              "scenario.first_session_classes")
         return [num_classes // num_sessions] * num_sessions
+    if num_sessions > 1 and first >= num_classes:
+        raise ValueError(f"scenario.first_session_classes={first} leaves no classes for the other "
+                         f"{num_sessions - 1} session(s): the run has {num_classes} classes; set it below "
+                         f"{num_classes} (or scenario.num_sessions: 1)")
     if num_sessions == 1:
         if first != num_classes:
             raise ValueError(f"one session must hold all {num_classes} classes, not {first}")
