@@ -163,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     # pace's own warnings are messages for the user, not code locations
-    if f"{os.sep}pace{os.sep}" in str(filename):
+    if str(filename).startswith(os.path.dirname(os.path.abspath(__file__)) + os.sep):
         print(f"pace: warning: {message}", file=file or sys.stderr)
     else:
         _default_showwarning(message, category, filename, lineno, file, line)

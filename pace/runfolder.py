@@ -63,7 +63,7 @@ def _tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
 
 
-def write_bytes(path: str | Path, data: bytes) -> None:
+def write_bytes(path: str | Path, data: bytes | memoryview) -> None:
     """Write ``data`` to ``path`` atomically (temporary file in the same folder, then rename)."""
     path = Path(path)
     tmp = None
@@ -155,7 +155,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """Serialise in memory first: a full disk then fails in a plain write that names the file."""
     buf = io.BytesIO()
     torch.save({**state, "checksum": state_checksum(state)}, buf)
-    write_bytes(path, buf.getvalue())
+    write_bytes(path, buf.getbuffer())  # a view, not a copy: learner states can be large
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
