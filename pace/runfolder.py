@@ -63,24 +63,72 @@ def _tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
 
 
-def write_bytes(path: str | Path, data: bytes | memoryview) -> None:
-    """Write ``data`` to ``path`` atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    tmp = None
+def _remove(p: Path) -> None:
+    if p.is_dir():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        p.unlink(missing_ok=True)
+
+
+def _stage(path: Path, content: bytes | memoryview | Callable[[Path], None]) -> Path:
+    """Write ``content`` (bytes, or a function that fills a folder) under a temporary name beside
+    ``path``; a failure (a full disk) removes the temporary and names ``path``."""
+    tmp = _tmp_name(path)
     try:
-        tmp = _tmp_name(path)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies, as for open()
-        try:
-            _write_all(fd, data)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        tmp = None
+        if callable(content):
+            tmp.mkdir()
+            content(tmp)
+        else:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies, as for open()
+            try:
+                _write_all(fd, content)
+            finally:
+                os.close(fd)
     except OSError as exc:
+        _remove(tmp)
         raise RunFolderError(f"cannot write {path}: {_why(exc)}") from None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
+    except BaseException:
+        _remove(tmp)
+        raise
+    return tmp
+
+
+def _put(tmp: Path, path: Path) -> None:
+    """Rename a staged file or folder into place (a folder replaces the old one as a whole)."""
+    try:
+        if tmp.is_dir() and path.exists():
+            old = _tmp_name(path)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            _remove(old)
+        else:
+            os.replace(tmp, path)
+    except OSError as exc:
+        _remove(tmp)
+        raise RunFolderError(f"cannot write {path}: {_why(exc)}") from None
+
+
+def write_all(files: dict[Path, bytes | memoryview | Callable[[Path], None]],
+              before: Callable[[], None] | None = None) -> None:
+    """Write several files/folders: all are staged first, so a full disk changes none of them;
+    then ``before()`` runs and they are renamed into place."""
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for path, content in files.items():
+            staged.append((_stage(Path(path), content), Path(path)))
+        if before is not None:
+            before()
+    except BaseException:
+        for tmp, _ in staged:
+            _remove(tmp)
+        raise
+    for tmp, path in staged:
+        _put(tmp, path)
+
+
+def write_bytes(path: str | Path, data: bytes | memoryview) -> None:
+    """Write ``data`` to ``path`` atomically (a temporary file in the same folder, then a rename)."""
+    write_all({Path(path): data})
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -98,34 +146,13 @@ def strict(obj: Any) -> Any:
     return obj
 
 
-def write_json(path: str | Path, obj: Any) -> None:
+def json_bytes(obj: Any) -> bytes:
     """Strict JSON (NaN -> null), so every JSON reader accepts the file."""
-    write_text(path, json.dumps(strict(obj), indent=1, allow_nan=False, default=str))
+    return json.dumps(strict(obj), indent=1, allow_nan=False, default=str).encode()
 
 
-def write_tree(path: str | Path, fill: Callable[[Path], None]) -> None:
-    """Build a folder with ``fill(tmp)`` beside ``path``, then swap it in for ``path``."""
-    path = Path(path)
-    tmp = old = None
-    try:
-        tmp = _tmp_name(path)
-        tmp.mkdir()
-        fill(tmp)
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-        os.replace(tmp, path)
-        tmp = None
-    except OSError as exc:
-        if old is not None and not path.exists():
-            os.replace(old, path)  # put the old folder back
-            old = None
-        raise RunFolderError(f"cannot write {path}: {_why(exc)}") from None
-    finally:
-        for p in (tmp, old):
-            if p is not None:
-                shutil.rmtree(p, ignore_errors=True)
+def write_json(path: str | Path, obj: Any) -> None:
+    write_bytes(path, json_bytes(obj))
 
 
 # ---------------------------------------------------------------- checkpoints

@@ -29,8 +29,8 @@ from pace.data.features import FeatureTable, extract_features
 from pace.data.scenario import Scenario, build_scenario
 from pace.methods.base import Context, Learner, Session, Split, build_learner
 from pace.provenance import provenance
-from pace.runfolder import (CHECKPOINT, RunFolder, data_identity, save_checkpoint,  # noqa: F401
-                            write_json, write_text, write_tree)
+from pace.runfolder import (CHECKPOINT, RunFolder, data_identity, json_bytes,  # noqa: F401
+                            save_checkpoint, write_all, write_json, write_text)
 
 
 @dataclass
@@ -134,18 +134,19 @@ class Runner:
         if resume:
             self.folder.check_data(self._saved, self.data)
         self.folder.make()
-        if not resume:
-            self.folder.clear_results()
-        self._write_setup()
+        self._write_setup(clear=not resume)
         from pace.hooks import build_hooks
         self.analysis_hooks = build_hooks(self)
 
-    def _write_setup(self) -> None:
-        write_text(self.out / "config.yaml", yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
-        write_tree(self.out / "splits", lambda d: self.scenario.write(d, self.table.items))
-        write_json(self.out / "run_info.json",
-                   {**provenance(), "dataset": self.dataset.description, "data": self.data,
-                    "bad_files": self.table.bad, "device": str(self.device)})
+    def _write_setup(self, clear: bool) -> None:
+        """config.yaml, splits/ and run_info.json, staged together: a full disk changes none of them.
+        Starting over (``clear``) removes the old results only once the new files are on disk."""
+        info = {**provenance(), "dataset": self.dataset.description, "data": self.data,
+                "bad_files": self.table.bad, "device": str(self.device)}
+        write_all({self.out / "config.yaml": yaml.safe_dump(self.cfg.to_dict(), sort_keys=False).encode(),
+                   self.out / "splits": lambda d: self.scenario.write(d, self.table.items),
+                   self.out / "run_info.json": json_bytes(info)},
+                  before=self.folder.clear_results if clear else None)
 
     def split(self, rows: list[int]) -> Split:
         idx = torch.tensor(rows, dtype=torch.long)

@@ -19,7 +19,7 @@ from pace.config import BackboneConfig, load_config, validate_config
 from pace.data.audio import read_audio, samples_used_by
 from pace.data.frontend import FbankFrontend
 from pace.data.scenario import session_sizes
-from pace.runfolder import RunFolderError, load_checkpoint
+from pace.runfolder import RunFolderError, load_checkpoint, write_all
 from pace.runner import CHECKPOINT, Runner
 from reporters import InterruptAfter
 
@@ -233,11 +233,23 @@ def test_full_out_disk_keeps_the_old_results(tmp_path, monkeypatch, capsys):
         assert main(["run", str(cfg), "--out", str(out), "--quiet", "--set", "runtime.use_cache=false"] + extra) == 2
         line = one_error_line(capsys.readouterr().err)
         assert f"cannot write {out}/" in line and "No space left on device" in line
-    assert {k: v for k, v in snapshot(out).items() if k not in ("checkpoint.pt", "metrics.json", "sessions.json",
-                                                               "accuracy_matrix.csv")} == \
-        {k: v for k, v in before.items() if k not in ("checkpoint.pt", "metrics.json", "sessions.json",
-                                                      "accuracy_matrix.csv")}
+    assert snapshot(out) == before  # resumed or started over, the failed run changed nothing
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_staged_writes_change_nothing_when_one_fails(tmp_path):
+    (tmp_path / "splits").mkdir()
+    (tmp_path / "splits" / "old.csv").write_text("old")
+    (tmp_path / "config.yaml").write_text("old")
+
+    def half_then_full(d: Path) -> None:
+        (d / "session_01.csv").write_text("new")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(RunFolderError, match=r"cannot write .*splits: No space left on device"):
+        write_all({tmp_path / "config.yaml": b"new", tmp_path / "splits": half_then_full})
+    assert snapshot(tmp_path) == {"config.yaml": b"old", "splits/old.csv": b"old"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml", "splits"]
 
 
 def test_fresh_out_disk_full_while_checkpointing(tmp_path, monkeypatch):
