@@ -131,10 +131,6 @@ def write_bytes(path: str | Path, data: bytes | memoryview) -> None:
     write_all({Path(path): data})
 
 
-def write_text(path: str | Path, text: str) -> None:
-    write_bytes(path, text.encode())
-
-
 def strict(obj: Any) -> Any:
     """``obj`` with every NaN or infinite float replaced by None (strict JSON has no NaN)."""
     if isinstance(obj, float):
@@ -149,10 +145,6 @@ def strict(obj: Any) -> Any:
 def json_bytes(obj: Any) -> bytes:
     """Strict JSON (NaN -> null), so every JSON reader accepts the file."""
     return json.dumps(strict(obj), indent=1, allow_nan=False, default=str).encode()
-
-
-def write_json(path: str | Path, obj: Any) -> None:
-    write_bytes(path, json_bytes(obj))
 
 
 # ---------------------------------------------------------------- checkpoints

@@ -30,7 +30,7 @@ from pace.data.scenario import Scenario, build_scenario
 from pace.methods.base import Context, Learner, Session, Split, build_learner
 from pace.provenance import provenance
 from pace.runfolder import (CHECKPOINT, RunFolder, data_identity, json_bytes,  # noqa: F401
-                            save_checkpoint, write_all, write_json, write_text)
+                            save_checkpoint, write_all)
 
 
 @dataclass
@@ -246,18 +246,18 @@ class Runner:
             "peak_mem_mb": max(r.peak_mem_mb for r in self.results),
             "units": "accuracies, forgetting and bwt in percent",
         })
-        self.write_matrix(self.out / "accuracy_matrix.csv", m)
-        write_json(self.out / "metrics.json", final)
-        write_json(self.out / "sessions.json", [asdict(r) for r in self.results])
+        write_all({self.out / "accuracy_matrix.csv": self.matrix_csv(m).encode(),
+                   self.out / "metrics.json": json_bytes(final),
+                   self.out / "sessions.json": json_bytes([asdict(r) for r in self.results])})
         return final
 
     @staticmethod
-    def write_matrix(path: Path, m: list[list[float]]) -> None:
+    def matrix_csv(m: list[list[float]]) -> str:
         T = len(m)
         lines = [",".join(f"session_{i + 1}" for i in range(T))]
         for row in m:
             lines.append(",".join(f"{v:.4f}" for v in row) + "," * (T - len(row)))
-        write_text(path, "\n".join(lines) + "\n")
+        return "\n".join(lines) + "\n"
 
     # ---------------------------------------------------------------- checkpoints
     def _checkpoint(self, done: int) -> None:
