@@ -1,0 +1,76 @@
+"""The command line builds its parser without the heavy libraries, and its lazy subcommands are the real ones."""
+
+import argparse
+import subprocess
+import sys
+
+import pytest
+
+from pace import cli
+
+HEAVY = ("ray", "mlflow", "pandas", "torch")
+
+
+def test_build_parser_imports_no_heavy_library():
+    code = ("import sys, pace.cli; pace.cli.build_parser(); "
+            f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_top_level_help_imports_no_heavy_library():
+    # main() parses first, so --help exits before anything behind a subcommand is loaded
+    code = ("import sys, pace.cli\n"
+            "try:\n    pace.cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+            f"print('loaded=' + ','.join(m for m in {HEAVY!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "sweep" in out.stdout and "report" in out.stdout
+    assert out.stdout.strip().splitlines()[-1] == "loaded="
+
+
+def _subparsers(parser):
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+
+
+def _help_lines(action) -> dict[str, str]:
+    return {a.dest: a.help for a in action._choices_actions}
+
+
+@pytest.mark.parametrize("table,path", [(cli._EXTERNAL, ()), (cli._DATA_EXTERNAL, ("data",))])
+def test_listing_help_matches_the_builders_own(table, path):
+    for builder, commands in table.items():
+        module, func = builder.split(":")
+        real = argparse.ArgumentParser().add_subparsers()
+        getattr(__import__(module, fromlist=[func]), func)(real)
+        assert _help_lines(real) == commands, builder
+
+
+def test_choosing_a_lazy_command_builds_its_real_parser():
+    p = cli.build_parser()
+    args = p.parse_args(["sweep", "spec.yaml", "--num-samples", "3", "--fresh"])
+    assert (args.spec, args.num_samples, args.fresh, args.func.__name__) == ("spec.yaml", 3, True, "cmd_sweep")
+    # its sibling from the same module is built with it and parses too
+    args = p.parse_args(["ablate", "a.yaml", "--resume"])
+    assert (args.spec, args.resume, args.func.__name__) == ("a.yaml", True, "cmd_ablate")
+    args = cli.build_parser().parse_args(["report", "--experiment", "x", "--no-figures"])
+    assert (args.experiment, args.no_figures, args.func.__name__) == ("x", True, "cmd_report")
+    args = cli.build_parser().parse_args(["data", "render", "--soundfont", "fluidr3", "--out", "o",
+                                          "--pitches", "60,62"])
+    assert (args.out, args.pitches, args.func.__name__) == ("o", [60, 62], "cmd_render")
+    args = cli.build_parser().parse_args(["data", "check", "synthetic", "--quiet"])
+    assert (args.dataset, args.quiet, args.func.__name__) == ("synthetic", True, "cmd_data_check")
+
+
+def test_each_command_is_listed_once_after_building():
+    p = cli.build_parser()
+    p.parse_args(["sweep", "s.yaml"])
+    names = [a.dest for a in _subparsers(p)._choices_actions]
+    assert sorted(names) == sorted(set(names))
+    assert set(names) == {"run", "backbones", "methods", "data", "sweep", "ablate", "report"}
+
+
+def test_lazy_command_rejects_bad_arguments_with_its_usage(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.build_parser().parse_args(["sweep", "s.yaml", "--num-samples", "many"])
+    assert exc.value.code == 2
+    assert "pace sweep" in capsys.readouterr().err
