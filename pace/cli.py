@@ -105,6 +105,30 @@ def cmd_data_describe(args) -> int:
     return 0
 
 
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pace", description=__doc__.strip().splitlines()[0] if __doc__ else None)
+    sub = p.add_subparsers(dest="command", required=True, action=_LazySubcommands)
+
+    r = sub.add_parser("run", help="one continual-learning run from a config (or a sweep/ablation base)")
+    r.add_argument("config", help="run config YAML (configs/*.yaml), or a sweep/ablation spec (its base)")
+    r.add_argument("--out", help="output folder (default runs/<config name>)")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set method.lr=0.01 (repeatable)")
+    r.add_argument("--no-resume", action="store_true", help="ignore a checkpoint in --out and start over")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.set_defaults(func=cmd_run)
+
+    b = sub.add_parser("backbones", help="list registered backbones")
+    b.add_argument("--full", action="store_true", help="do not shorten the weights column")
+    b.set_defaults(func=cmd_backbones)
+    m = sub.add_parser("methods", help="list registered methods")
+    m.set_defaults(func=cmd_methods)
+    _add_data(sub)
+    for builder, commands in _EXTERNAL.items():
+        sub.add_lazy(builder, commands)
+    return p
+
+
 class _LazySubcommands(argparse._SubParsersAction):
     """Subcommands whose parsers are built only when chosen, so ``pace --help`` imports none of their
     modules (Ray, MLflow, pandas and torch sit behind them). The listing shows each one's help line;
@@ -154,17 +178,6 @@ _DATA_EXTERNAL = {
 }
 
 
-def _add_run(sub) -> None:
-    r = sub.add_parser("run", help="one continual-learning run from a config (or a sweep/ablation base)")
-    r.add_argument("config", help="run config YAML (configs/*.yaml), or a sweep/ablation spec (its base)")
-    r.add_argument("--out", help="output folder (default runs/<config name>)")
-    r.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a config field, e.g. --set method.lr=0.01 (repeatable)")
-    r.add_argument("--no-resume", action="store_true", help="ignore a checkpoint in --out and start over")
-    r.add_argument("--quiet", action="store_true", help="no progress bars")
-    r.set_defaults(func=cmd_run)
-
-
 def _add_data_check(dsub) -> None:
     from pace.data.presets import PRESETS
 
@@ -191,21 +204,6 @@ def _add_data(sub) -> None:
     dd.set_defaults(func=cmd_data_describe)
     for builder, commands in _DATA_EXTERNAL.items():
         dsub.add_lazy(builder, commands)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pace", description=__doc__.strip().splitlines()[0] if __doc__ else None)
-    sub = p.add_subparsers(dest="command", required=True, action=_LazySubcommands)
-    _add_run(sub)
-    b = sub.add_parser("backbones", help="list registered backbones")
-    b.add_argument("--full", action="store_true", help="do not shorten the weights column")
-    b.set_defaults(func=cmd_backbones)
-    m = sub.add_parser("methods", help="list registered methods")
-    m.set_defaults(func=cmd_methods)
-    _add_data(sub)
-    for builder, commands in _EXTERNAL.items():
-        sub.add_lazy(builder, commands)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:
