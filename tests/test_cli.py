@@ -3,8 +3,10 @@
 import argparse
 import subprocess
 import sys
+import types
 
 import pytest
+import torch
 
 from pace import cli
 
@@ -74,3 +76,53 @@ def test_lazy_command_rejects_bad_arguments_with_its_usage(capsys):
         cli.build_parser().parse_args(["sweep", "s.yaml", "--num-samples", "many"])
     assert exc.value.code == 2
     assert "pace sweep" in capsys.readouterr().err
+
+
+def test_run_prints_training_progress(tmp_path, capsys):
+    import re
+
+    cfg = tmp_path / "p.yaml"
+    # RanPAC trains LoRA on its first session for 2 epochs: its shared trainer reports each epoch
+    cfg.write_text("name: progress\n"
+                   "data: {dataset: synthetic, label: fine, synthetic_classes: 6, synthetic_clips_per_class: 6}\n"
+                   "scenario: {num_sessions: 2}\n"
+                   "backbone: {name: whisper-test, seconds: 1.0}\n"
+                   "method: {name: ranpac, fsa: {enabled: true, train: {epochs: 2}}}\n"
+                   "runtime: {num_threads: 1, batch_size: 8}\n")
+    assert cli.main(["run", str(cfg), "--out", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    epochs = [ln for ln in out if re.fullmatch(r"  train fsa epoch \d/2: (\d+)/\1 clips, [\d.]+ clips/s, \d+ s, "
+                                               r"loss \d+\.\d{4}", ln)]
+    assert [ln.split(":")[0] for ln in epochs] == ["  train fsa epoch 1/2", "  train fsa epoch 2/2"]
+    # the first long stage is named before it starts, ahead of the run's header line
+    first = next(i for i, ln in enumerate(out) if ln.startswith("featurising 36 clips of synthetic"))
+    header = next(i for i, ln in enumerate(out) if ln.startswith("pace run progress:"))
+    assert first < header < out.index(epochs[0])
+
+
+class _Backbone(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return types.SimpleNamespace(pooled=self.lin(x))
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_trainer_progress_follows_the_context(on, capsys):
+    from pace.methods.base import Context, Split
+    from pace.methods.parts import TrainConfig, train
+
+    x, y = torch.randn(10, 4), torch.tensor([0, 1] * 5)
+    bb, head = _Backbone(), torch.nn.Linear(3, 2)
+    ctx = Context(batch_size=4, progress=on)
+    seen = train(bb, head, Split(x, y, [str(i) for i in range(10)]), ctx, TrainConfig(epochs=3, lr=0.1),
+                 backbone_params=list(bb.parameters()), head_lr=0.1, purpose="unit")
+    assert seen == 30
+    lines = capsys.readouterr().out.splitlines()
+    if on:  # one closing line per epoch; 10 clips in batches of 4
+        assert [ln.split(":")[0] for ln in lines] == [f"  train unit epoch {e}/3" for e in (1, 2, 3)]
+        assert all(": 10/10 clips, " in ln and ", loss " in ln for ln in lines)
+    else:
+        assert lines == []
