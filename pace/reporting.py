@@ -28,6 +28,20 @@ FINAL_KEYS = [("last_accuracy", "last acc"), ("average_incremental_accuracy", "a
               ("new_task_accuracy", "new tasks")]
 
 
+def best_trial_line(rows: list[dict[str, Any]], objective: str, mode: str,
+                    describe: Callable[[dict[str, Any]], str]) -> str:
+    """The line a sweep's summary ends with: the best finished trial by the objective and its
+    parameters (the same pick as the parent run's ``pace.best_trial`` tag: the first of equals),
+    naming the trials tied with it so a tie is not read as a clear winner."""
+    scored = [r for r in rows if r.get("objective") is not None and r.get("status") == "finished"]
+    if not scored:
+        return f"best trial: none (no finished trial reported {objective})"
+    top = (max if mode == "max" else min)(r["objective"] for r in scored)
+    ties = [r for r in scored if math.isclose(r["objective"], top, rel_tol=0, abs_tol=1e-9)]
+    line = f"best trial: {ties[0]['trial']} ({objective} {fmt(float(top))}): {describe(ties[0])}"
+    return line + (f"; tied with {', '.join(r['trial'] for r in ties[1:])}" if len(ties) > 1 else "")
+
+
 class ConsoleReporter:
     def __init__(self, stream=None):
         self.stream = stream or sys.stdout

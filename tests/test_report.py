@@ -403,3 +403,20 @@ def test_plane_labels_do_not_collide():
         for x, y, _, _ in pts:  # no label covers a point
             u, v = ax.transData.transform((x, y))
             assert not (b.x0 < u < b.x1 and b.y0 < v < b.y1)
+
+
+def test_best_trial_line_names_the_best_and_its_ties():
+    from pace.reporting import best_trial_line
+
+    rows = [{"trial": "t001", "status": "finished", "objective": 90.0, "p": "method.name=pace"},
+            {"trial": "t002", "status": "finished", "objective": 96.5, "p": "method.name=ranpac a=1"},
+            {"trial": "t003", "status": "stopped early", "objective": 99.0, "p": "x"},  # stopped early: not comparable
+            {"trial": "t004", "status": "finished", "objective": 96.5, "p": "method.name=ranpac a=2"},
+            {"trial": "t005", "status": "error", "objective": None, "p": "y"}]
+    describe = lambda r: r["p"]  # noqa: E731
+    assert best_trial_line(rows, "val_last_accuracy", "max", describe) == \
+        "best trial: t002 (val_last_accuracy 96.50): method.name=ranpac a=1; tied with t004"
+    assert best_trial_line(rows, "forgetting", "min", describe) == \
+        "best trial: t001 (forgetting 90.00): method.name=pace"
+    assert best_trial_line(rows[4:], "val_last_accuracy", "max", describe) == \
+        "best trial: none (no finished trial reported val_last_accuracy)"
