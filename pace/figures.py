@@ -172,19 +172,23 @@ def first_new_bars(data: Mapping[str, Mapping[str, Sequence[float]]], path: str 
     labels = list(data)
     style = style or styles(labels)
     kinds = list(dict.fromkeys(k for d in data.values() for k in d))
-    fig = _figure(max(4.5, 1.3 * len(labels) + 2), 4.2)
+    st = [style.get(lab) or styles([lab])[lab] for lab in labels]
+    # what a numbered configuration is, as in the other figures' legends
+    keys = [_legend_text(lab, s) for lab, s in zip(labels, st) if s.short != lab]
+    fig = _figure(max(4.5, 1.3 * len(labels) + 2), 4.2, len(keys))
     ax = fig.add_subplot()
     width = 0.8 / max(len(kinds), 1)
     x = np.arange(len(labels))
-    colors = [(style.get(lab) or styles([lab])[lab]).color for lab in labels]
     for i, kind in enumerate(kinds):
         stats = [_mean_std(data[lab].get(kind, [])) for lab in labels]
         ax.bar(x + (i - (len(kinds) - 1) / 2) * width, [s[0] for s in stats], width,
-               yerr=[s[1] for s in stats], capsize=3, color=colors, edgecolor="black", linewidth=0.5,
-               hatch=_HATCHES[i % len(_HATCHES)])
+               yerr=[s[1] for s in stats], capsize=3, color=[s.color for s in st], edgecolor="black",
+               linewidth=0.5, hatch=_HATCHES[i % len(_HATCHES)])
     handles = [Patch(facecolor="white", edgecolor="black", hatch=_HATCHES[i % len(_HATCHES)], label=kind)
                for i, kind in enumerate(kinds)]
-    ax.set_xticks(x, [(style.get(lab) or styles([lab])[lab]).short for lab in labels], rotation=20, ha="right")
+    ax.set_xticks(x, [s.short for s in st], rotation=20, ha="right")
+    if keys:
+        ax.set_xlabel("\n".join(keys), fontsize=7, loc="left")
     ax.set_ylabel("accuracy after the last session (%)")
     ax.set_title(title, fontsize=10)
     ax.grid(axis="y", alpha=0.3)
