@@ -78,6 +78,7 @@ def test_lazy_command_rejects_bad_arguments_with_its_usage(capsys):
     assert "pace sweep" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_run_prints_training_progress(tmp_path, capsys):
     import re
 
