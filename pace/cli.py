@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import warnings
 from pathlib import Path
+from typing import Callable
 
 _default_showwarning = warnings.showwarning
 
@@ -108,7 +110,7 @@ def cmd_data_describe(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pace", description=__doc__.strip().splitlines()[0] if __doc__ else None)
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, action=_LazySubcommands)
 
     r = sub.add_parser("run", help="one continual-learning run from a config (or a sweep/ablation base)")
     r.add_argument("config", help="run config YAML (configs/*.yaml), or a sweep/ablation spec (its base)")
@@ -126,12 +128,65 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_backbones)
     m = sub.add_parser("methods", help="list registered methods")
     m.set_defaults(func=cmd_methods)
+    _add_data(sub)
+    for builder, commands in _EXTERNAL.items():
+        sub.add_lazy(builder, commands)
+    return p
 
-    d = sub.add_parser("data", help="inspect data sets")
-    dsub = d.add_subparsers(dest="data_command", required=True)
-    dc = dsub.add_parser("check", help="read every clip of a data set and report bad files")
+
+class _LazySubcommands(argparse._SubParsersAction):
+    """Subcommands whose parsers are built only when chosen, so ``pace --help`` imports none of their
+    modules (Ray, MLflow, pandas and torch sit behind them). The listing shows each one's help line;
+    choosing one replaces its placeholder with the parser its builder adds."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._builders: dict[str, str | Callable] = {}
+
+    def add_lazy(self, builder: str | Callable, commands: dict[str, str]) -> None:
+        """``builder`` ("module:function" or a callable) adds the parsers of every name in ``commands``
+        (name -> help line) to this action."""
+        for name, help_line in commands.items():
+            self.add_parser(name, help=help_line)
+            self._builders[name] = builder
+
+    def build(self, name: str) -> None:
+        builder = self._builders.get(name)
+        if builder is None:
+            return
+        names = [n for n, b in self._builders.items() if b is builder]
+        for n in names:  # the builder adds the real parsers under the same names
+            del self._builders[n], self._name_parser_map[n]
+        self._choices_actions = [a for a in self._choices_actions if a.dest not in names]
+        if isinstance(builder, str):
+            module, func = builder.split(":")
+            builder = getattr(importlib.import_module(module), func)
+        builder(self)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        self.build(values[0])
+        super().__call__(parser, namespace, values, option_string)
+
+
+# Subcommands living in other modules: the builder, and the help line of each command it adds
+# (tests/test_cli.py checks these lines against the builders' own).
+_EXTERNAL = {
+    "pace.sweep:add_cli": {
+        "sweep": "hyperparameter search on Ray Tune (Optuna/random/grid), tracked in MLflow",
+        "ablate": "grid of variants x benchmarks x backbones x seeds on Ray Tune",
+    },
+    "pace.report:add_cli": {"report": "tables and figures from a study's MLflow runs (mean ± std over seeds)"},
+}
+_DATA_EXTERNAL = {
+    "pace.data.render:add_render_cli": {
+        "render": "render an NSynth-layout data set of GM instrument notes with fluidsynth"},
+}
+
+
+def _add_data_check(dsub) -> None:
     from pace.data.presets import PRESETS
 
+    dc = dsub.add_parser("check", help="read every clip of a data set and report bad files")
     kinds = ["fsdd", "folder", "manifest", "synthetic", "esc50", "us8k", "speechcommands", "timit", "vocalset",
              "nsynth"]
     dc.add_argument("dataset", metavar="NAME", choices=kinds + list(PRESETS),
@@ -141,24 +196,19 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("--subset", help="named subset (esc50: esc10; nsynth: nonvocal|acoustic|...)")
     dc.add_argument("--quiet", action="store_true")
     dc.set_defaults(func=cmd_data_check)
+
+
+def _add_data(sub) -> None:
+    d = sub.add_parser("data", help="inspect data sets")
+    dsub = d.add_subparsers(dest="data_command", required=True, action=_LazySubcommands)
+    dsub.add_lazy(_add_data_check, {"check": "read every clip of a data set and report bad files"})
     dd = dsub.add_parser("describe", help="a benchmark preset's sessions (nominal, or counted from --root)")
     dd.add_argument("preset", nargs="?", help="preset name; omit to list the presets")
     dd.add_argument("--root", help="data set root (sequence presets: the folder holding one sub-folder per part)")
     dd.add_argument("--yaml", action="store_true", help="print the preset's data/scenario config sections instead")
     dd.set_defaults(func=cmd_data_describe)
-    from pace.data.render import add_render_cli
-
-    add_render_cli(dsub)
-
-    for extra in ("pace.sweep", "pace.report", "pace.benchmarks"):
-        try:
-            mod = __import__(extra, fromlist=["add_cli"])
-        except ModuleNotFoundError as exc:
-            if exc.name != extra:
-                raise
-            continue
-        mod.add_cli(sub)
-    return p
+    for builder, commands in _DATA_EXTERNAL.items():
+        dsub.add_lazy(builder, commands)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -176,10 +226,10 @@ def _error_text(exc: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pace.config import ConfigError
+    args = build_parser().parse_args(argv)
+    from pace.config import ConfigError  # after parsing: --help needs neither (pace.data.audio loads torch)
     from pace.data.audio import AudioError
 
-    args = build_parser().parse_args(argv)
     try:
         with warnings.catch_warnings():  # restores the caller's warning display (tests call main)
             warnings.showwarning = _show_warning

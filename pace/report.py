@@ -36,6 +36,12 @@ MISSING = "?"
 FLAG = "†"
 PARENT_ARTIFACT_DIR = "report"
 FORMATS = ("md", "csv", "latex")
+#: tag on a study's parent and child runs naming one start of it (a new id on --fresh)
+INSTANCE_TAG = "pace.study_instance"
+#: the derived grouping key of a sweep's configurations (see ``configurations``)
+CONFIG_KEY = "configuration"
+#: params that differ between runs of one configuration: seeds, and settings that do not change results
+_NOT_A_SETTING = re.compile(r"(^|[._])seeds?$|^seeds\.|^runtime\.|^tags\.|^name$")
 FINAL_METRICS = frozenset({"last_accuracy", "average_incremental_accuracy", "bwt", "plasticity", "stability",
                            "first_task_accuracy", "new_task_accuracy"})
 
@@ -58,6 +64,50 @@ def _text(v: Any) -> str:
     return str(v)
 
 
+def _tag(df: pd.DataFrame, key: str) -> pd.Series:
+    col = f"tags.{key}"
+    return df[col].map(_text) if col in df.columns else pd.Series(MISSING, index=df.index)
+
+
+def _parents(df: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """(each run's parent run id or ``?``, whether the run is a study's parent run)."""
+    parents_ref = _tag(df, "mlflow.parentRunId")
+    is_parent = (_tag(df, "pace.role") == "study") | df["run_id"].isin(set(parents_ref[parents_ref != MISSING]))
+    return parents_ref, is_parent
+
+
+def pick_instance(df: pd.DataFrame, all_instances: bool = False) -> tuple[pd.DataFrame, str | None, list[str]]:
+    """The runs of the newest study instance: (runs, its id or None, notes).
+
+    Each ``pace sweep``/``pace ablate`` start (a new one with ``--fresh``) tags its parent and child runs
+    ``pace.study_instance``; a report describes one instance unless ``all_instances``. The newest
+    instance is the tag of the newest parent run; a store whose newest parent has no tag (written
+    before the tag existed) is read whole, as before.
+    """
+    if df.empty or f"tags.{INSTANCE_TAG}" not in df.columns:
+        return df, None, []
+    tag = _tag(df, INSTANCE_TAG)
+    parents_ref, is_parent = _parents(df)
+    parents = df[is_parent]
+    if "start_time" in parents.columns:
+        parents = parents.sort_values("start_time", ascending=False)
+    if parents.empty or tag[parents.index[0]] == MISSING:
+        return df, None, []
+    known = list(dict.fromkeys(t for t in tag[parents.index] if t != MISSING))
+    if all_instances:
+        return df, None, ([f"runs of all {len(known)} study instances pooled (--all-instances)"]
+                          if len(known) > 1 else [])
+    newest = tag[parents.index[0]]
+    own_parents = set(df.loc[parents.index[tag[parents.index] == newest], "run_id"])
+    keep = (tag == newest) | parents_ref.isin(own_parents)
+    notes = []
+    left = ~keep & ~is_parent
+    if left.any():
+        notes.append(f"{int(left.sum())} run(s) of {len(known) - 1} earlier study instance(s) left out "
+                     "(--all-instances to include them)")
+    return df[keep], newest, notes
+
+
 def select_runs(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str], list[str]]:
     """(FINISHED child runs, parent run ids newest first, notes on what was left out).
 
@@ -68,11 +118,7 @@ def select_runs(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str], list[str]]:
     notes: list[str] = []
     if df.empty:
         return df, [], ["the experiment has no runs"]
-    parent_col = "tags.mlflow.parentRunId"
-    parents_ref = df[parent_col].map(_text) if parent_col in df.columns else pd.Series(MISSING, index=df.index)
-    is_study = (df["tags.pace.role"].map(_text) == "study") if "tags.pace.role" in df.columns \
-        else pd.Series(False, index=df.index)
-    is_parent = is_study | df["run_id"].isin(set(parents_ref[parents_ref != MISSING]))
+    parents_ref, is_parent = _parents(df)
     by_time = df[is_parent].sort_values("start_time", ascending=False) if "start_time" in df.columns else df[is_parent]
     parent_ids = list(by_time["run_id"])
     children = df[(parents_ref != MISSING) & ~is_parent]
@@ -173,6 +219,64 @@ def duplicate_seed_notes(rows: pd.DataFrame, row_keys: Sequence[str], col_key: s
             "swept parameter, group by it (--group-by KEY or --sweep-param KEY)"]
 
 
+def varied_params(runs: pd.DataFrame, keys: Sequence[str]) -> dict[tuple[str, ...], list[str]]:
+    """Per group of runs sharing ``keys`` (e.g. method and benchmark): the config params (dotted keys)
+    whose values differ between its runs, i.e. the hyperparameters a sweep searched. Seeds and
+    runtime settings do not count; groups whose runs agree are left out."""
+    params = [c for c in runs.columns if c.startswith("params.") and not _NOT_A_SETTING.search(c[7:])]
+    cols = [key_column(runs, k) for k in keys]
+    if not params or runs.empty or any(c is None for c in cols):
+        return {}
+    text = runs[params].apply(lambda col: col.map(_text))
+    label = runs[cols].apply(lambda col: col.map(_text)) if cols else pd.DataFrame(index=runs.index)
+    out = {}
+    for key, idx in (label.groupby(list(label.columns), sort=False).groups.items() if cols
+                     else [((), runs.index)]):
+        n = text.loc[idx].nunique(dropna=False)
+        varied = [c[7:] for c in n.index[n > 1]]
+        if varied:
+            out[key if isinstance(key, tuple) else (key,)] = sorted(varied)
+    return out
+
+
+def _short_value(v: str) -> str:
+    try:
+        f = float(v)
+    except ValueError:
+        return v
+    return v if f.is_integer() else f"{f:.3g}"
+
+
+def configurations(runs: pd.DataFrame, row_keys: Sequence[str], column: str | None) -> pd.Series | None:
+    """One label per run naming its configuration: the row label plus, where runs of one row differ
+    in searched parameters, their values (``pace [lr_backbone=0.0169, rho_layer=0.951]``), so a sweep's
+    configurations become rows of their own instead of one pooled cell. None when nothing differs."""
+    keys = list(row_keys) + ([column] if column else [])
+    varied = varied_params(runs, keys)
+    if not varied:
+        return None
+    cols = [key_column(runs, k) for k in row_keys]
+    rows = [" / ".join(p) for p in zip(*[runs[c].map(_text) for c in cols])] if cols else ["all"] * len(runs)
+    by_row: dict[str, set[str]] = {}
+    for key, names in varied.items():
+        by_row.setdefault(" / ".join(key[: len(row_keys)]) or "all", set()).update(names)
+
+    def labels(short: bool) -> list[str]:
+        out = []
+        for i, row in zip(runs.index, rows):
+            names = sorted(by_row.get(row, ()))
+            vals = [_text(runs.at[i, f"params.{n}"]) if f"params.{n}" in runs.columns else MISSING for n in names]
+            parts = [f"{n.removeprefix('method.')}={_short_value(v) if short else v}" for n, v in zip(names, vals)]
+            out.append(row + (f" [{', '.join(parts)}]" if parts else ""))
+        return out
+
+    short, full = labels(True), labels(False)
+    # shortened values must not merge two configurations
+    if len(set(zip(short, full))) != len(set(short)):
+        short = full
+    return pd.Series(short, index=runs.index)
+
+
 # =============================================================================================
 # Pure: cells -> table
 
@@ -222,8 +326,9 @@ def build_table(cells: dict[tuple[tuple[str, ...], str], Cell], metric: str, cor
                 baseline: str | None = None, avg: bool = False, title: str = "") -> Table:
     """Rows x columns of ``mean ± std (n)``, best per column marked, short cells flagged.
 
-    A cell with fewer runs than the largest n in the table gets ``†`` and a footnote naming the
-    missing seeds, so an average over fewer seeds is never passed off as a full one. With
+    A cell lacking seeds that other cells of the table have gets ``†`` and a footnote naming them, so
+    an average over fewer seeds is never passed off as a full one (without seed tags: fewer runs than
+    the largest cell). With
     ``baseline`` (a row label) every other row shows ``Δ`` (points) and the relative change (%) vs
     the baseline's mean in the same column. ``avg`` adds a column of the mean over columns (paper
     Table 12), only for rows that have every column.
@@ -251,12 +356,15 @@ def build_table(cells: dict[tuple[tuple[str, ...], str], Cell], metric: str, cor
             rec = {"row": label, "column": ck, "mean": c.mean if c else math.nan,
                    "std": c.std if c else math.nan, "n": c.n if c else 0, "flagged": False,
                    "missing_seeds": "", "delta": math.nan, "delta_pct": math.nan}
-            if c is not None and c.n < max_n:
+            # flagged only for seeds that other cells have and this one lacks; with no seed tags, by count
+            missing = [x for x in all_seeds if x not in c.seeds] if c is not None else []
+            if c is not None and (missing or (not all_seeds and c.n < max_n)):
                 s += FLAG
-                missing = [x for x in all_seeds if x not in c.seeds]
                 rec.update(flagged=True, missing_seeds=" ".join(missing))
-                short.append(f"{label} on {ck or metric}: n = {c.n}"
-                             + (f", missing seed(s) {', '.join(missing)}" if missing else ""))
+                short.append(f"{label} on {ck or metric} " + (
+                    f"has no run for seed {', '.join(missing)} (its mean covers {len(all_seeds) - len(missing)} of "
+                    f"the table's {len(all_seeds)} seeds)" if missing
+                    else f"has {c.n} run(s), the largest cell {max_n} (runs carry no seed tag)"))
             if b is not None and c is not None and label != labels[0]:
                 d = c.mean - b.mean
                 rec["delta"] = d
@@ -278,7 +386,7 @@ def build_table(cells: dict[tuple[tuple[str, ...], str], Cell], metric: str, cor
     best = [[best_cols[j][i] for j in range(len(columns))] for i in range(len(labels))]
     notes = []
     if short:
-        notes.append(f"{FLAG} fewer runs than the table's largest n ({max_n}): " + "; ".join(short) + ".")
+        notes.append(f"{FLAG} missing seeds: " + "; ".join(short) + ".")
     if baseline is not None:
         notes.append(f"Δ: difference to {baseline!r} in points (relative change in %).")
     return Table(title or metric, corner, columns, labels, text, best, notes, records)
@@ -389,6 +497,7 @@ class Study:
     runs: pd.DataFrame  # FINISHED child runs as mlflow.search_runs returns them
     parent_ids: list[str]
     notes: list[str]
+    instance: str | None = None  # the study instance read (tag pace.study_instance); None: every run
 
 
 def resolve_uri(uri: str | None) -> str:
@@ -414,7 +523,7 @@ def _tracking_uri(uri: str) -> Iterator[None]:
         mlflow.set_tracking_uri(before)
 
 
-def load_study(uri: str, name: str) -> Study:
+def load_study(uri: str, name: str, all_instances: bool = False) -> Study:
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -425,8 +534,9 @@ def load_study(uri: str, name: str) -> Study:
         raise ValueError(f"no experiment {name!r} in {uri}; experiments: {', '.join(names) or 'none'}")
     with _tracking_uri(uri):
         df = mlflow.search_runs(experiment_ids=[exp.experiment_id], output_format="pandas")
+    df, instance, inst_notes = pick_instance(df, all_instances)
     runs, parents, notes = select_runs(df)
-    return Study(name, uri, exp.experiment_id, runs, parents, notes)
+    return Study(name, uri, exp.experiment_id, runs, parents, inst_notes + notes, instance)
 
 
 def metric_history(client, run_id: str, key: str) -> np.ndarray:
@@ -534,6 +644,7 @@ class ReportResult:
     tables: dict[str, Table]
     notes: list[str]
     logged_to: str | None = None
+    instance: str | None = None
 
 
 def _group_labels(study: Study, g: Grouping) -> pd.DataFrame:
@@ -565,6 +676,10 @@ def make_figures(study: Study, g: Grouping, out: Path, metric: str, sweep_param:
 
     client = MlflowClient(tracking_uri=study.uri)
     labels = _group_labels(study, g)
+    style = figures.styles(sorted(set(labels["row"])))  # one colour per method/variant in every figure
+    # rows whose runs repeat a seed pool several configurations: no seed band for them
+    pooled = set(labels[labels["seed"] != MISSING].groupby(["row", "col"]).filter(
+        lambda d: d["seed"].duplicated().any())["row"])
     files: list[Path] = []
     notes: list[str] = []
     figdir = out / "figures"
@@ -605,8 +720,10 @@ def make_figures(study: Study, g: Grouping, out: Path, metric: str, sweep_param:
         if not per_col:
             notes.append(f"no run has a per-session {key!r} history; no {stem} figure")
         for col, series in per_col.items():
-            files.append(figures.session_curves(series, figdir / f"{stem}_{_slug(col or 'all')}.png", ylabel,
-                                                f"{key} per session" + (f" | {col}" if col else "")))
+            files.append(figures.session_curves(dict(sorted(series.items())),
+                                                figdir / f"{stem}_{_slug(col or 'all')}.png", ylabel,
+                                                f"{key} per session" + (f" | {col}" if col else ""),
+                                                style, sorted(pooled)))
 
     # first task vs new tasks (Fig. 3) and the stability-plasticity plane, from final metrics
     first, new, last = (_final(study, k) for k in ("first_task_accuracy", "new_task_accuracy", "last_accuracy"))
@@ -626,13 +743,14 @@ def make_figures(study: Study, g: Grouping, out: Path, metric: str, sweep_param:
         tag = _slug(col or "all")
         if any(v for b in bars.values() for v in b.values()):
             files.append(figures.first_new_bars(dict(sorted(bars.items())), figdir / f"first_vs_new_{tag}.png",
-                                                "first task vs new tasks" + (f" | {col}" if col else "")))
+                                                "first task vs new tasks" + (f" | {col}" if col else ""), style))
         else:
             notes.append(f"no first/new task metrics{' for ' + col if col else ''}; no first-vs-new figure")
         if plane:
             files.append(figures.stability_plasticity(dict(sorted(plane.items())),
                                                       figdir / f"stability_plasticity_{tag}.png",
-                                                      "stability vs plasticity" + (f" | {col}" if col else "")))
+                                                      "stability vs plasticity" + (f" | {col}" if col else ""),
+                                                      style))
         else:
             notes.append(f"no plasticity/stability metrics{' for ' + col if col else ''}; no plane figure")
 
@@ -670,20 +788,26 @@ def _log_to_parent(study: Study, files: list[Path], out: Path) -> str | None:
 def run_report(uri: str, experiment: str, out: Path, metrics: Sequence[str] = ("last_accuracy",),
                group_by: Sequence[str] | None = None, column: str = "benchmark",
                formats: Sequence[str] = FORMATS, baseline: str | None = None, sweep_param: str | None = None,
-               figures: bool = True, log: bool = True, max_heatmaps: int = 20) -> ReportResult:
-    study = load_study(uri, experiment)
+               figures: bool = True, log: bool = True, max_heatmaps: int = 20,
+               all_instances: bool = False) -> ReportResult:
+    study = load_study(uri, experiment, all_instances)
     if study.runs.empty:
         raise ValueError(f"experiment {experiment!r} has no FINISHED runs to report"
                          + (f" ({'; '.join(study.notes)})" if study.notes else ""))
     g = choose_grouping(study.runs, group_by, column, sweep_param)
-    out.mkdir(parents=True, exist_ok=True)
     notes, files, tables = list(study.notes), [], {}
     corner = " / ".join(g.rows) or "runs"
+    if not group_by and not sweep_param:
+        g, corner, n = _split_configurations(study, g, corner)
+        notes += n
+    out.mkdir(parents=True, exist_ok=True)
+    where = [f"runs of study instance {study.instance} (tag {INSTANCE_TAG})"] if study.instance else []
     for metric in metrics:
         cells, n = _cells(study, g, metric)
         notes += n
         t = build_table(cells, metric, corner, baseline=baseline, avg=bool(sweep_param),
                         title=f"{experiment}: {metric}")
+        t.footnotes += where
         tables[metric] = t
         files += _write_tables(t, out, f"table_{_slug(metric)}", formats)
     if figures:
@@ -691,20 +815,35 @@ def run_report(uri: str, experiment: str, out: Path, metrics: Sequence[str] = ("
         files += fig_files
         notes += n
     logged = _log_to_parent(study, files, out) if log else None
-    return ReportResult(files, tables, list(dict.fromkeys(notes)), logged)
+    return ReportResult(files, tables, list(dict.fromkeys(notes)), logged, study.instance)
+
+
+def _split_configurations(study: Study, g: Grouping, corner: str) -> tuple[Grouping, str, list[str]]:
+    """A sweep's runs of one method differ in searched parameters: make each configuration a row
+    (a derived ``configuration`` column on the runs) rather than pooling them as if they were seeds."""
+    labels = configurations(study.runs, g.rows, g.column)
+    if labels is None:
+        return g, corner, []
+    study.runs = study.runs.assign(**{CONFIG_KEY: labels})
+    names = sorted({n for v in varied_params(study.runs, g.rows + ([g.column] if g.column else [])).values()
+                    for n in v})
+    note = (f"runs of one {corner} differ in searched parameters ({', '.join(names)}): one row per "
+            f"configuration, never pooled (--group-by {','.join(g.rows) or 'KEY'} pools them)")
+    return Grouping([CONFIG_KEY], g.column), f"{corner} [configuration]", [note]
 
 
 def run_compare(uri: str, exp_a: str, exp_b: str, out: Path, metrics: Sequence[str] = ("last_accuracy",),
                 group_by: Sequence[str] | None = None, column: str = "benchmark",
-                formats: Sequence[str] = FORMATS) -> ReportResult:
-    a, b = load_study(uri, exp_a), load_study(uri, exp_b)
+                formats: Sequence[str] = FORMATS, all_instances: bool = False) -> ReportResult:
+    a, b = load_study(uri, exp_a, all_instances), load_study(uri, exp_b, all_instances)
     for s in (a, b):
         if s.runs.empty:
             raise ValueError(f"experiment {s.name!r} has no FINISHED runs to compare")
     # one grouping for both sides, so rows line up
     g = choose_grouping(pd.concat([a.runs, b.runs], ignore_index=True), group_by, column)
     out.mkdir(parents=True, exist_ok=True)
-    notes = [f"[{exp_a}] {n}" for n in a.notes] + [f"[{exp_b}] {n}" for n in b.notes]
+    notes = [f"[{s.name}] study instance {s.instance} (tag {INSTANCE_TAG})" for s in (a, b) if s.instance]
+    notes += [f"[{exp_a}] {n}" for n in a.notes] + [f"[{exp_b}] {n}" for n in b.notes]
     files, tables = [], {}
     for metric in metrics:
         (ca, na), (cb, nb) = _cells(a, g, metric), _cells(b, g, metric)
@@ -735,12 +874,15 @@ def cmd_report(args) -> int:
             raise ValueError("--baseline and --sweep-param apply to --experiment, not to --compare")
         a, b = args.compare
         out = Path(args.out or Path("reports") / f"{_slug(a)}_vs_{_slug(b)}")
-        res = run_compare(uri, a, b, out, metrics, _list(args.group_by), args.columns, formats)
+        res = run_compare(uri, a, b, out, metrics, _list(args.group_by), args.columns, formats,
+                          args.all_instances)
     else:
         out = Path(args.out or Path("reports") / _slug(args.experiment))
         res = run_report(uri, args.experiment, out, metrics, _list(args.group_by), args.columns, formats,
                          args.baseline, args.sweep_param, not args.no_figures, not args.no_log,
-                         args.max_heatmaps)
+                         args.max_heatmaps, args.all_instances)
+        if res.instance:
+            print(f"study instance {res.instance} of {args.experiment} (the newest; --all-instances for every one)\n")
     for t in res.tables.values():
         print(to_markdown(t))
     for n in res.notes:
@@ -769,6 +911,8 @@ def add_cli(sub) -> None:
                    help="swept config key (e.g. method.rho_layer): rows by its value, an avg column, and a "
                         "sensitivity figure (metric vs value, one line per benchmark)")
     p.add_argument("--tracking-uri", metavar="URI", help="MLflow store (default sqlite:///<cwd>/mlflow.db)")
+    p.add_argument("--all-instances", action="store_true",
+                   help="pool every start of the study (default: only the newest, tag pace.study_instance)")
     p.add_argument("--no-figures", action="store_true", help="tables only")
     p.add_argument("--no-log", action="store_true", help="do not log the report to the study's parent run")
     p.add_argument("--max-heatmaps", type=int, default=20, metavar="N",

@@ -31,9 +31,10 @@ def _matrix(last):
     return [[100.0], [95.0, 90.0], [last - 5.0, last, last + 5.0]]
 
 
-def _log_child(client, exp, parent, variant, bench, seed, last, status="FINISHED", tmp=None, params=None):
+def _log_child(client, exp, parent, variant, bench, seed, last, status="FINISHED", tmp=None, params=None,
+               tags=None):
     tags = {"mlflow.parentRunId": parent, "method": "pace", "backbone": "eat-base", "benchmark": bench,
-            "seed": str(seed), "variant": variant, "git_commit": "abc"}
+            "seed": str(seed), "variant": variant, "git_commit": "abc", **(tags or {})}
     run = client.create_run(exp, tags=tags)
     rid = run.info.run_id
     m = _matrix(last)
@@ -92,7 +93,36 @@ def store(tmp_path_factory):
     _, parent = _study(client, "abl", STUDY_A, files)
     _study(client, "abl_b", STUDY_B, files, extra=False)
     _study(client, "rho", _rho_values(), files, extra=False, params_for=lambda rho: {"method.rho_layer": rho})
+    _sweep(client, files)
     return uri, client, parent, tmp
+
+
+# A sweep started twice (instances "old", then "new" after --fresh), as pace.sweep tags it.
+# Newest instance: (method, {searched params}, seed) -> last_accuracy
+SWEEP_NEW = [("pace", {"method.lr_backbone": "0.0123456", "method.rho_layer": "0.9"}, 0, 90.0),
+             ("pace", {"method.lr_backbone": "0.03", "method.rho_layer": "0.95"}, 0, 96.0),
+             ("pace", {"method.lr_backbone": "0.03", "method.rho_layer": "0.95"}, 1, 98.0),
+             ("ranpac", {"method.analytic.scale": "0.1"}, 0, 80.0),
+             ("ranpac", {"method.analytic.scale": "0.5"}, 0, 85.0),
+             ("ranpac", {"method.analytic.scale": "0.5"}, 1, 87.0),
+             ("simplecil", {}, 0, 70.0),
+             ("simplecil", {}, 1, 72.0)]
+# must never reach the newest instance's report: absurd values would move every cell
+SWEEP_OLD = [("pace", {"method.lr_backbone": "0.03", "method.rho_layer": "0.95"}, 0, 1.0),
+             ("simplecil", {}, 0, 2.0)]
+
+
+def _sweep(client, tmp):
+    exp = client.create_experiment("qs", artifact_location=(tmp / "art" / "qs").as_uri())
+    for instance, runs, start in (("old", SWEEP_OLD, 1_000), ("new", SWEEP_NEW, 2_000)):
+        parent = client.create_run(exp, start_time=start, tags={
+            "pace.role": "study", "pace.kind": "sweep", "pace.study_instance": instance}).info.run_id
+        for k, (method, params, seed, last) in enumerate(runs):
+            # settings that differ between runs but are no configuration: seeds, threads
+            _log_child(client, exp, parent, "default", "synthetic", seed, last, tmp=tmp if instance == "new" else None,
+                       params={"method.name": method, "seeds.split": seed, "runtime.num_threads": k % 2 + 1,
+                               **params}, tags={"method": method, "pace.study_instance": instance})
+        client.set_terminated(parent, "FINISHED")
 
 
 EXPECTED_MD = """\
@@ -104,7 +134,7 @@ EXPECTED_MD = """\
 | wo_fsa | 92.00 ± 2.00 (3) Δ -3.00 (-3.16%) | 82.00 ± 2.83 (2)† Δ -11.00 (-11.83%) |
 
 mean ± sample std (ddof=1) over seeds, (n) runs; best per column in bold.
-† fewer runs than the table's largest n (3): wo_fsa on sc2: n = 2, missing seed(s) 2.
+† missing seeds: wo_fsa on sc2 has no run for seed 2 (its mean covers 2 of the table's 3 seeds).
 Δ: difference to 'full' in points (relative change in %).
 """
 
@@ -245,3 +275,148 @@ def test_runs_stopped_early_by_the_scheduler_are_left_out():
     runs, parents, notes = select_runs(df)
     assert list(runs["run_id"]) == ["a"] and parents == ["p"]
     assert any("stopped early" in n for n in notes)
+
+
+SWEEP_MD = """\
+**qs: last_accuracy**
+
+| method [configuration] | synthetic |
+|---|---:|
+| pace [lr_backbone=0.0123, rho_layer=0.9] | 90.00 (1)† |
+| pace [lr_backbone=0.03, rho_layer=0.95] | **97.00 ± 1.41 (2)** |
+| ranpac [analytic.scale=0.1] | 80.00 (1)† |
+| ranpac [analytic.scale=0.5] | 86.00 ± 1.41 (2) |
+| simplecil | 71.00 ± 1.41 (2) |
+
+mean ± sample std (ddof=1) over seeds, (n) runs; best per column in bold.
+† missing seeds: pace [lr_backbone=0.0123, rho_layer=0.9] on synthetic has no run for seed 1 (its mean covers 1 of \
+the table's 2 seeds); ranpac [analytic.scale=0.1] on synthetic has no run for seed 1 (its mean covers 1 of the \
+table's 2 seeds).
+runs of study instance new (tag pace.study_instance)
+"""
+
+
+def test_sweep_report_compares_configurations_of_the_newest_instance(store, tmp_path, capsys):
+    uri = store[0]
+    rc = main(["report", "--experiment", "qs", "--tracking-uri", uri, "--out", str(tmp_path / "r"),
+               "--format", "md", "--no-log"])
+    assert rc == 0
+    out, err = capsys.readouterr()
+    assert "study instance new of qs (the newest; --all-instances for every one)" in out
+    assert (tmp_path / "r" / "table_last_accuracy.md").read_text() == SWEEP_MD
+    assert "2 run(s) of 1 earlier study instance(s) left out (--all-instances to include them)" in err
+    assert ("runs of one method differ in searched parameters (method.analytic.scale, method.lr_backbone, "
+            "method.rho_layer): one row per configuration") in err
+    pngs = sorted((tmp_path / "r" / "figures").glob("*.png"))
+    assert {"accuracy_curves_synthetic.png", "stability_plasticity_synthetic.png",
+            "first_vs_new_synthetic.png"} <= {p.name for p in pngs}
+    _check_pngs(pngs)
+
+
+def test_all_instances_pools_every_start(store, tmp_path):
+    uri = store[0]
+    res = run_report(uri, "qs", tmp_path / "r", group_by=["method"], figures=False, log=False, formats=["md"],
+                     all_instances=True)
+    assert res.instance is None
+    rec = {r["row"]: r for r in res.tables["last_accuracy"].records}
+    # explicit --group-by method pools configurations (and says so); the old instance's runs are in
+    assert rec["simplecil"]["mean"] == pytest.approx((70 + 72 + 2) / 3) and rec["simplecil"]["n"] == 3
+    assert rec["pace"]["n"] == 4 and rec["pace"]["mean"] == pytest.approx((90 + 96 + 98 + 1) / 4)
+    assert any("several runs share a seed in one cell" in n for n in res.notes)
+    # every seed is present in every cell: no dagger, however n differs
+    assert not any(r["flagged"] for r in rec.values())
+    assert FLAG not in to_markdown(res.tables["last_accuracy"])
+
+
+def test_varied_params_and_configuration_labels():
+    import pandas as pd
+
+    from pace.report import configurations, varied_params
+
+    df = pd.DataFrame({
+        "run_id": list("abcde"), "tags.method": ["pace", "pace", "pace", "ranpac", "ranpac"],
+        "tags.benchmark": ["x"] * 5,
+        "params.method.lr": ["0.011111", "0.011112", "0.011111", "1", "1"],  # two 3-digit-equal values
+        "params.seed": ["0", "1", "2", "0", "1"], "params.data.synthetic_seed": ["0", "1", "2", "0", "1"],
+        "params.runtime.num_threads": ["1", "2", "1", "1", "2"]})
+    assert varied_params(df, ["method", "benchmark"]) == {("pace", "x"): ["method.lr"]}
+    labels = configurations(df, ["method"], "benchmark")
+    # shortened values would merge a and b: the full values are kept
+    assert list(labels) == ["pace [lr=0.011111]", "pace [lr=0.011112]", "pace [lr=0.011111]", "ranpac", "ranpac"]
+    assert configurations(df[df["tags.method"] == "ranpac"], ["method"], "benchmark") is None
+
+
+def test_pick_instance_reads_untagged_stores_whole():
+    import pandas as pd
+
+    from pace.report import pick_instance
+
+    df = pd.DataFrame({"run_id": ["p1", "p2", "a", "b"], "start_time": [1, 2, 3, 4],
+                       "tags.pace.role": ["study", "study", None, None],
+                       "tags.mlflow.parentRunId": [None, None, "p1", "p2"],
+                       "tags.pace.study_instance": ["i1", None, "i1", None]})
+    # the newest parent (p2) predates the tag: every run, as before
+    runs, instance, notes = pick_instance(df)
+    assert instance is None and list(runs["run_id"]) == ["p1", "p2", "a", "b"] and notes == []
+    # children without the tag follow their parent's instance
+    df.loc[1, "tags.pace.study_instance"] = "i2"
+    runs, instance, notes = pick_instance(df)
+    assert instance == "i2" and list(runs["run_id"]) == ["p2", "b"]
+
+
+def test_one_colour_per_method_in_every_figure():
+    from pace.figures import styles
+
+    labels = ["simplecil", "ranpac [scale=0.5]", "pace [lr=0.01]", "ranpac [scale=0.1]", "pace [lr=0.03]"]
+    st = styles(labels)
+    assert st == styles(list(reversed(labels)))  # built from the set of labels, not their order
+    assert st["pace [lr=0.01]"].color == st["pace [lr=0.03]"].color
+    assert len({st[x].color for x in ("pace [lr=0.01]", "ranpac [scale=0.1]", "simplecil")}) == 3
+    # configurations of one method differ in marker and carry numbered short labels
+    assert st["ranpac [scale=0.1]"].marker != st["ranpac [scale=0.5]"].marker
+    assert (st["ranpac [scale=0.1]"].short, st["ranpac [scale=0.5]"].short, st["simplecil"].short) == \
+        ("ranpac #1", "ranpac #2", "simplecil")
+
+
+def test_plane_labels_do_not_collide():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from pace.figures import _text_box, place_labels
+
+    fig = Figure(figsize=(5, 4), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    # four configurations on one spot and two close neighbours, as in a small sweep
+    pts = [(100.0, 96.5, "ranpac #1", "C1"), (100.0, 96.5, "ranpac #2", "C1"), (100.0, 96.5, "ranpac #3", "C1"),
+           (100.0, 96.5, "ranpac #4", "C1"), (100.0, 97.0, "pace", "C0"), (99.8, 96.6, "simplecil", "C2")]
+    ax.plot([p[0] for p in pts] + [90.0], [p[1] for p in pts] + [80.0], "o")
+    anns = place_labels(fig, ax, pts)
+    assert [a.get_text() for a in anns] == [p[2] for p in pts]
+    r = fig.canvas.get_renderer()
+    boxes = [_text_box(a, r) for a in anns]  # the text, without its leader line
+    frame = ax.get_window_extent(r)
+    for i, b in enumerate(boxes):
+        assert frame.x0 <= b.x0 and b.x1 <= frame.x1 and frame.y0 <= b.y0 and b.y1 <= frame.y1
+        for c in boxes[i + 1:]:
+            assert not b.overlaps(c), (anns[i].get_text(), b, c)
+        for x, y, _, _ in pts:  # no label covers a point
+            u, v = ax.transData.transform((x, y))
+            assert not (b.x0 < u < b.x1 and b.y0 < v < b.y1)
+
+
+def test_best_trial_line_names_the_best_and_its_ties():
+    from pace.reporting import best_trial_line
+
+    rows = [{"trial": "t001", "status": "finished", "objective": 90.0, "p": "method.name=pace"},
+            {"trial": "t002", "status": "finished", "objective": 96.5, "p": "method.name=ranpac a=1"},
+            {"trial": "t003", "status": "stopped early", "objective": 99.0, "p": "x"},  # stopped early: not comparable
+            {"trial": "t004", "status": "finished", "objective": 96.5, "p": "method.name=ranpac a=2"},
+            {"trial": "t005", "status": "error", "objective": None, "p": "y"}]
+    describe = lambda r: r["p"]  # noqa: E731
+    assert best_trial_line(rows, "val_last_accuracy", "max", describe) == \
+        "best trial: t002 (val_last_accuracy 96.50): method.name=ranpac a=1; tied with t004"
+    assert best_trial_line(rows, "forgetting", "min", describe) == \
+        "best trial: t001 (forgetting 90.00): method.name=pace"
+    assert best_trial_line(rows[4:], "val_last_accuracy", "max", describe) == \
+        "best trial: none (no finished trial reported val_last_accuracy)"

@@ -50,6 +50,9 @@ def extract_features(dataset: AudioDataset, frontend, cache: FeatureCache | None
         cache.hits += 1
         bad = [tuple(b) for b in json.loads(meta.get("bad", "[]"))]
     else:
+        if progress:  # often the first long stage of a run: say so on stdout before its bar starts
+            print(f"featurising {len(dataset.items)} clips of {dataset.name} (once: cached for later runs)",
+                  flush=True)
         tensors, bad = compute()
         if cache is not None:
             cache.misses += 1

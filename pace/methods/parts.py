@@ -21,6 +21,7 @@ from pace.heads.analytic import RIDGE_GRID, AnalyticHead, RandomProjection, fit_
 from pace.heads.linear import CosineHead, LinearHead
 from pace.methods.base import Split
 from pace.peft.lora import LoRAManager
+from pace.reporting import ProgressLine
 
 
 class LoRAConfig(Strict):
@@ -185,8 +186,14 @@ def train(backbone, head: nn.Module, split: Split, ctx, cfg: TrainConfig, *,
     seen = 0
     backbone.train()
     head.train()
-    for _ in range(n_epochs):
+    # ctx.progress: `pace run` prints an epoch line (loss, clips/s); sweep trials turn it off
+    progress = ProgressLine(f"train {purpose}", len(split)) if ctx.progress and n_epochs else None
+    for epoch in range(n_epochs):
         order = torch.randperm(len(split), generator=g)
+        loss_sum = torch.zeros((), device=ctx.device)  # summed on the device: no sync per step
+        epoch_seen = 0
+        if progress is not None:
+            progress.start(f"epoch {epoch + 1}/{n_epochs}")
         for s in range(0, len(split), ctx.batch_size):
             idx = order[s:s + ctx.batch_size]
             x = split.x[idx].to(ctx.device)
@@ -202,8 +209,14 @@ def train(backbone, head: nn.Module, split: Split, ctx, cfg: TrainConfig, *,
             if after_step is not None:
                 after_step()
             seen += len(idx)
+            if progress is not None:
+                loss_sum += loss.detach() * len(idx)
+                epoch_seen += len(idx)
+                progress.update(len(idx), lambda: f"loss {loss_sum.item() / epoch_seen:.4f}")
             if max_samples is not None and seen >= max_samples:
                 break
+        if progress is not None and epoch_seen:
+            progress.done(f"loss {loss_sum.item() / epoch_seen:.4f}")
     backbone.eval()
     head.eval()
     ctx.count("backward_samples", seen)
