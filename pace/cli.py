@@ -19,7 +19,7 @@ def _overrides(pairs: list[str]) -> dict:
     out = {}
     for p in pairs or []:
         if "=" not in p:
-            raise ConfigError(f"--set expects KEY=VALUE (e.g. method.lr=0.01), got {p!r}")
+            raise ConfigError(f"--set expects KEY=VALUE (e.g. scenario.num_sessions=2), got {p!r}")
         k, v = p.split("=", 1)
         out[k.strip()] = parse_value(v)
     return out
