@@ -51,6 +51,8 @@ from pace.config import MethodConfig
 from pace.losses import boundary_loss, boundary_set, perturb
 from pace.methods.base import Session, Split, register_method
 from pace.methods.common import EmbeddingLearner, split_embeddings
+from pace.methods.diagnostics import (basis_ranks, embeddings_before, instrumenting, mean_cosine, not_adapted,
+                                     record_adaptation)
 from pace.methods.parts import (Adapter, AnalyticClassifier, AnalyticConfig, LoRAConfig, TrainConfig,
                                 evaluating, freeze_backbone, session_head, train)
 from pace.peft.projection import GradientProjector, collect_input_covariances, subspace_bases
@@ -149,11 +151,16 @@ class PACE(EmbeddingLearner):
         if needs_blocks and self.backbone.num_blocks == 0:
             raise ValueError(f"PACE adaptation needs a transformer backbone; {self.backbone.name!r} has no "
                              "blocks (set method.fsa: false and method.msa: false for analytic-only)")
+        stage = None
         if session.index == 0 and self.cfg.fsa:
+            stage, z_before = "fsa", embeddings_before(self, session)
             self._first_session(session)
         elif adapts_session(session.index, self.samples_seen, self.cfg):
+            stage, z_before = "msa", embeddings_before(self, session)
             self._adapt_session(session)
+        self.ctx.diagnostics["msa_ran"] = int(stage == "msa")
         z = split_embeddings(self, session.train).to(self.ctx.device)
+        self._diagnose(session, stage, z_before if stage else None, z)
         self.classifier.fit_session(z, session.train.y.to(self.ctx.device), session.num_seen,
                                     self.ctx.generator(f"ridge:{session.index}"))
         self.trace.append(f"analytic:{session.index + 1}")
@@ -162,9 +169,26 @@ class PACE(EmbeddingLearner):
     def logits_from_embeddings(self, z: torch.Tensor) -> torch.Tensor:
         return self.classifier.logits(z)[:, : self.num_seen]
 
+    def _diagnose(self, session: Session, stage: str | None, z_before, z_after: torch.Tensor) -> None:
+        """The adaptation instruments (pace.methods.diagnostics); session 1's clips are kept with
+        their pretrained embeddings so later sessions can say how far those features moved."""
+        z_after = z_after.cpu()
+        if session.index == 0:
+            self._diag_session1 = (session.train, z_before if stage else z_after)
+        if not stage:
+            not_adapted(self.ctx)
+            return
+        record_adaptation(self, session, z_before, z_after, stage, self.cfg.analytic)
+        if getattr(self, "_diag_session1", None) is not None:
+            split1, z1 = self._diag_session1
+            with instrumenting(self.ctx) as d:
+                now = z_after if session.index == 0 else split_embeddings(self, split1)
+                d["emb_cosine_session1"] = mean_cosine(z1, now)
+
     # ------------------------------------------------------------------ stage 1
     def _first_session(self, session: Session) -> None:
         self.l_tune = self._choose_first_block(session.train)
+        self.ctx.diagnostics["l_tune"] = self.l_tune
         self.adapter.attach(list(range(self.l_tune, self.backbone.num_blocks)))
         self._train_session(session, self.cfg.fsa_epochs)
         self.adapted_sessions.append(session.index)
@@ -180,6 +204,7 @@ class PACE(EmbeddingLearner):
         self.cka = self._cka_probe(split)
         self.trace.append("probe")
         below = [k for k, s in enumerate(self.cka) if s < cfg.rho_layer]
+        self.ctx.diagnostics.update({"cka_block": list(self.cka), "cka_fallback": int(not below)})
         # No block moved enough: adapt only the last one rather than none (documented fallback).
         return below[0] if below else nb - 1
 
@@ -205,6 +230,7 @@ class PACE(EmbeddingLearner):
     def _adapt_session(self, session: Session) -> None:
         if self.adapter.manager is None:  # FSA was switched off: adapt from block L_tune chosen now
             self.l_tune = self._choose_first_block(session.train)
+            self.ctx.diagnostics["l_tune"] = self.l_tune
             self.adapter.attach(list(range(self.l_tune, self.backbone.num_blocks)))
         self._train_session(session, self.cfg.msa_epochs, project=self.cfg.projection, lr=self.cfg.msa_lr)
         self.adapted_sessions.append(session.index)
@@ -228,6 +254,7 @@ class PACE(EmbeddingLearner):
             projector = GradientProjector(self.adapter.manager, bases, mode=cfg.projection_mode)
             self.trace.append(f"projection:{t + 1}")
             self.basis_ranks = {name: int(u.shape[1]) for name, u in bases.items()}
+            ctx.diagnostics.update(basis_ranks(self.adapter, bases))
         head = session_head(bb.embed_dim, len(session.classes), "linear", ctx.generator(f"head:{t}"), ctx.device)
         offset = session.classes[0]
         head_lr = None
