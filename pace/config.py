@@ -35,11 +35,11 @@ class Seeds(Strict):
 
 class DataConfig(Strict):
     dataset: Literal["fsdd", "folder", "manifest", "synthetic", "esc50", "us8k", "speechcommands", "timit",
-                     "vocalset", "nsynth", "sequence"] = "synthetic"
+                     "vocalset", "nsynth", "sequence", "drumkits"] = "synthetic"
     #: dataset root (fsdd, folder) or CSV file (manifest); fsdd defaults to $PACE_FSDD_ROOT or ../shared
     root: str | None = None
     #: label to learn. fsdd: digit | speaker | digit_speaker; synthetic: coarse | fine;
-    #: timit: speaker | dialect; vocalset: technique | technique_all | singer; nsynth: family | instrument | source
+    #: timit: speaker | dialect; drumkits: kit_instrument | instrument; vocalset: technique | technique_all | singer; nsynth: family | instrument | source
     label: str | None = None
     #: named subset. esc50: esc10; nsynth: nonvocal | acoustic | electronic | synthetic (join with '+')
     subset: str | None = None
