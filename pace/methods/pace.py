@@ -69,6 +69,10 @@ class PACEConfig(MethodConfig):
     lr_head: float = Field(0.01, gt=0)  # eta_head
     head_epochs: int = Field(1, ge=0)  # E_head
     head_strategy: Literal["learn_freeze", "low_lr", "same_lr"] = "learn_freeze"
+    #: the temporary head LoRA trains through (FSA and MSA). linear: the paper's (as we read it);
+    #: cosine: RanPAC's FSA head (bounded logits, scale 16), whose loss does not vanish once a
+    #: session of few classes is separated, so LoRA keeps moving the features
+    temp_head: Literal["linear", "cosine"] = "linear"
     layer_selection: Literal["cka", "fixed", "all"] = "cka"
     rho_layer: float = Field(0.94, gt=0, le=1)
     freeze_first: int = Field(0, ge=0)  # layer_selection: fixed
@@ -255,7 +259,7 @@ class PACE(EmbeddingLearner):
             self.trace.append(f"projection:{t + 1}")
             self.basis_ranks = {name: int(u.shape[1]) for name, u in bases.items()}
             ctx.diagnostics.update(basis_ranks(self.adapter, bases))
-        head = session_head(bb.embed_dim, len(session.classes), "linear", ctx.generator(f"head:{t}"), ctx.device)
+        head = session_head(bb.embed_dim, len(session.classes), cfg.temp_head, ctx.generator(f"head:{t}"), ctx.device)
         offset = session.classes[0]
         head_lr = None
         if cfg.head_strategy == "learn_freeze":
@@ -267,7 +271,7 @@ class PACE(EmbeddingLearner):
             head_lr = cfg.lr_head if cfg.head_strategy == "low_lr" else cfg.lr_backbone
         extra = self._boundary_term(session, head, offset) if cfg.boundary_loss and cfg.lambda_reg > 0 else None
         self.trace.append(f"lora:{t + 1}:blocks={self.adapter.blocks[0]}-{self.adapter.blocks[-1]}:"
-                          f"head={cfg.head_strategy}" + (":boundary" if extra else ""))
+                          f"head={cfg.head_strategy}" + (":boundary" if extra else "") + f":{cfg.temp_head}")
         try:
             train(bb, head, session.train, ctx, self._train_cfg(epochs, lr), backbone_params=params, head_lr=head_lr,
                   label_offset=offset, purpose=f"lora:{t}", extra_loss=extra,
