@@ -38,6 +38,7 @@ def test_zero_init_B_gives_zero_delta_w_then_training_moves_it():
     n_layers = len(adapter.manager.modules)
     assert before["lora_trained_params"] == sum(p.numel() for p in params) == n_layers * 4 * (64 + 192)
     assert before["delta_w_norm"] == 0.0 and before["delta_w_total_norm"] == 0.0 and before["delta_w_rel"] == 0.0
+    assert before["delta_w_session_rel"] == 0.0
     assert set(before["delta_w_norm_block"]) == {"0", "1"}
     base = math.sqrt(sum(float(m.base.weight.double().square().sum()) for m in adapter.manager.modules.values()))
     assert before["base_w_norm"] == pytest.approx(base, rel=1e-12)
@@ -58,7 +59,8 @@ def test_zero_init_B_gives_zero_delta_w_then_training_moves_it():
     adapter.freeze()
     adapter.new_session(torch.Generator().manual_seed(3))
     second = lora_stats(adapter)
-    assert second["delta_w_norm"] == 0.0
+    assert second["delta_w_norm"] == 0.0 and second["delta_w_session_rel"] == 0.0
+    assert second["delta_w_rel"] == pytest.approx(after["delta_w_total_norm"] / after["base_w_norm"])
     assert second["delta_w_total_norm"] == pytest.approx(after["delta_w_total_norm"], rel=1e-12)
 
 
@@ -78,11 +80,11 @@ def test_mean_cosine_and_head_accuracy_identities():
 
 
 def test_inert_flags_and_metric_flattening():
-    moved = {"adapted": 1, "stage": "fsa", "delta_w_rel": 0.05, "emb_cosine": 0.9,
+    moved = {"adapted": 1, "stage": "fsa", "delta_w_session_rel": 0.05, "emb_cosine": 0.9,
              "head_acc_before": 50.0, "head_acc_after": 75.0}
     assert inert_flags([moved, {"adapted": 0}]) == {"adaptation_inert": False, "adaptation_inert_reasons": [],
                                                     "adaptation_no_gain": False, "adaptation_no_gain_reasons": []}
-    still = {**moved, "delta_w_rel": 1e-5, "emb_cosine": 0.99999, "head_acc_after": 50.0}
+    still = {**moved, "delta_w_session_rel": 1e-5, "emb_cosine": 0.99999, "head_acc_after": 50.0}
     flags = inert_flags([still])
     assert flags["adaptation_inert"] and len(flags["adaptation_inert_reasons"]) == 2
     assert flags["adaptation_no_gain"]
@@ -120,7 +122,7 @@ def test_pace_inert_when_lr_is_negligible(tmp_path, capsys):
     runner, final = _run(tmp_path, {**PACE_FAST, "lr_backbone": 1e-12, "msa": False})
     d = runner.results[0].diagnostics
     assert d["adapted"] == 1 and d["stage"] == "fsa" and d["l_tune"] == 0
-    assert d["delta_w_rel"] < 1e-9 and d["emb_cosine"] > 0.999999
+    assert d["delta_w_session_rel"] < 1e-9 and d["emb_cosine"] > 0.999999
     assert final["adaptation_inert"] is True and final["adaptation_inert_reasons"]
     assert "WARNING" in capsys.readouterr().err
     written = json.loads((tmp_path / "metrics.json").read_text())
@@ -172,3 +174,23 @@ def test_pace_temp_head_switch_changes_what_trains(tmp_path):
     d_lin, d_cos = lin.results[0].diagnostics, cos.results[0].diagnostics
     assert d_lin["delta_w_norm"] > 0 and d_cos["delta_w_norm"] > 0
     assert d_lin["delta_w_norm"] != pytest.approx(d_cos["delta_w_norm"], rel=1e-6)
+
+
+def test_pace_memory_basis_holds_the_learned_sessions_input_covariance(tmp_path):
+    from pace.peft.projection import collect_input_covariances
+
+    method = {**PACE_FAST, "lr_backbone": 0.5, "layer_selection": "all", "msa_epochs": 2,
+              "projection_basis": "memory", "rho_svd": 0.9}
+    runner, _ = _run(tmp_path, {**method, "msa_stop": "fixed", "t3": 2}, sessions=2)
+    pace = runner.learner
+    assert "memory:1" in pace.trace and "projection:2" in pace.trace and "memory:2" not in pace.trace  # t3 = 2
+    # memory = session 1's layer-input covariance under the backbone as it was after session 1:
+    # recompute it with the session-2 stack switched off (its A, B frozen; zero B gives W after session 1)
+    x1 = runner.session(0).train.x
+    for m in pace.adapter.manager.modules.values():
+        m.lora_B[-1].data.zero_()
+    again = collect_input_covariances(pace.adapter.manager, pace.backbone, x1, 64, subtracted=False)
+    assert set(again) == set(pace.memory) and pace.memory_n == len(x1)
+    for name, c in again.items():
+        assert torch.allclose(pace.memory[name], c, rtol=1e-6, atol=1e-9)
+    assert runner.results[1].diagnostics["delta_w_norm"] > 0

@@ -8,7 +8,8 @@ numbers only with a ``diag_`` prefix, to every tracker):
 - ``lora_trained_params``: elements of the LoRA stack trained this session (A and B).
 - ``delta_w_norm``: ||s B A||_F of this session's stack over all adapted layers (root of the sum of
   squares); ``delta_w_norm_block``: the same per block; ``delta_w_total_norm``: all stacks so far
-  (W - W0); ``base_w_norm``: ||W0||_F of the adapted layers; ``delta_w_rel`` = total / base.
+  (W - W0); ``base_w_norm``: ||W0||_F of the adapted layers; ``delta_w_rel`` = total / base;
+  ``delta_w_session_rel`` = this session's / base.
 - ``emb_cosine``: mean cosine, over this session's training clips, between their embeddings before
   and after this session's adaptation; ``emb_cosine_session1``: the same for session 1's training
   clips, pretrained backbone vs the backbone now (how far the features the analytic head already
@@ -29,7 +30,7 @@ their wall time is in ``diag_time_s`` (and inside ``time_s``).
 
 A run is flagged ``adaptation_inert`` (metrics.json, plus a WARNING in the run output) when a stage
 (fsa, or msa over all its sessions) left the features where they were in every session it adapted:
-``delta_w_rel < INERT_DELTA_REL`` (1e-3) or ``emb_cosine > INERT_COSINE`` (0.999). ``adaptation_no_gain`` flags an adapted session whose
+``delta_w_session_rel < INERT_DELTA_REL`` (1e-3) or ``emb_cosine > INERT_COSINE`` (0.999). ``adaptation_no_gain`` flags an adapted session whose
 held-out head accuracy is exactly unchanged while below 100 % (a saturated set cannot show a gain).
 A run that adapts nothing by configuration (RanPAC w/o FSA, SimpleCIL) is not flagged.
 """
@@ -80,7 +81,8 @@ def lora_stats(adapter) -> dict[str, Any]:
             "delta_w_norm_block": {str(k): math.sqrt(v) for k, v in sorted(new_sq.items())},
             "delta_w_total_norm": math.sqrt(total_sq),
             "base_w_norm": math.sqrt(base_sq),
-            "delta_w_rel": math.sqrt(total_sq) / math.sqrt(base_sq) if base_sq > 0 else 0.0}
+            "delta_w_rel": math.sqrt(total_sq) / math.sqrt(base_sq) if base_sq > 0 else 0.0,
+            "delta_w_session_rel": math.sqrt(sum(new_sq.values())) / math.sqrt(base_sq) if base_sq > 0 else 0.0}
 
 
 def basis_ranks(adapter, bases: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -220,7 +222,7 @@ def diagnostic_metrics(diags: dict[str, Any]) -> dict[str, float]:
 
 
 def _inert_reasons(t: int, d: dict[str, Any]) -> list[str]:
-    rel, cos, where = d.get("delta_w_rel"), d.get("emb_cosine"), f"session {t + 1} ({d.get('stage')})"
+    rel, cos, where = d.get("delta_w_session_rel"), d.get("emb_cosine"), f"session {t + 1} ({d.get('stage')})"
     out = []
     if rel is not None and rel < INERT_DELTA_REL:
         out.append(f"{where}: ||delta W||/||W0|| = {rel:.2e} < {INERT_DELTA_REL:g}")

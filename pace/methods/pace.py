@@ -93,6 +93,13 @@ class PACEConfig(MethodConfig):
     #: (old and new sessions share one input distribution, so the subspace protects nothing), while
     #: "complement" kept it at 75-92 %: the default follows the evidence.
     projection_mode: Literal["onto", "complement"] = "complement"
+    #: current: the basis comes from the session's own clips under the LoRA-subtracted model (the
+    #: paper / LoRA-DRS). memory: GPM-style, from the clips of the sessions already learned: after each
+    #: session (while later ones may still be adapted) the uncentred covariance of every LoRA layer's
+    #: inputs on its training clips, under the backbone as it then is, joins a running clip-weighted
+    #: mean (statistics only, no clip is kept); updates go to the orthogonal complement of that
+    #: memory's basis, so the inputs the analytic head's old statistics were computed from move least
+    projection_basis: Literal["current", "memory"] = "current"
     rho_svd: float = Field(0.99, gt=0, le=1)
     energy: Literal["eig", "sv2"] = "eig"
     # ---- boundary-aware loss
@@ -148,6 +155,9 @@ class PACE(EmbeddingLearner):
         #: what ran, in order ("probe", "head_warmup:1", "lora:2", "projection:2", ...): the record that
         #: each switch changed the computation, for logs and tests
         self.trace: list[str] = []
+        #: projection_basis: memory; {layer: mean uncentred input covariance} over the clips of memory_n
+        self.memory: dict[str, torch.Tensor] = {}
+        self.memory_n = 0
 
     # ------------------------------------------------------------------ session loop
     def learn(self, session: Session) -> None:
@@ -169,6 +179,9 @@ class PACE(EmbeddingLearner):
                                     self.ctx.generator(f"ridge:{session.index}"))
         self.trace.append(f"analytic:{session.index + 1}")
         self.samples_seen += len(session.train)
+        if (self.cfg.projection and self.cfg.projection_basis == "memory" and self.adapter.manager is not None
+                and adapts_session(session.index + 1, self.samples_seen, self.cfg)):
+            self._remember_inputs(session)
 
     def logits_from_embeddings(self, z: torch.Tensor) -> torch.Tensor:
         return self.classifier.logits(z)[:, : self.num_seen]
@@ -251,11 +264,14 @@ class PACE(EmbeddingLearner):
         params = self.adapter.new_session(ctx.generator(f"lora:{t}"))
         projector = None
         if project:
-            covs = collect_input_covariances(self.adapter.manager, bb, session.train.x, ctx.eval_batch_size,
-                                             ctx.device)
-            ctx.count("forward_samples", len(session.train))
-            bases = subspace_bases(covs, cfg.rho_svd, cfg.energy)
-            projector = GradientProjector(self.adapter.manager, bases, mode=cfg.projection_mode)
+            if cfg.projection_basis == "memory" and self.memory:
+                bases, mode = subspace_bases(self.memory, cfg.rho_svd, cfg.energy), "complement"
+            else:
+                covs = collect_input_covariances(self.adapter.manager, bb, session.train.x, ctx.eval_batch_size,
+                                                 ctx.device)
+                ctx.count("forward_samples", len(session.train))
+                bases, mode = subspace_bases(covs, cfg.rho_svd, cfg.energy), cfg.projection_mode
+            projector = GradientProjector(self.adapter.manager, bases, mode=mode)
             self.trace.append(f"projection:{t + 1}")
             self.basis_ranks = {name: int(u.shape[1]) for name, u in bases.items()}
             ctx.diagnostics.update(basis_ranks(self.adapter, bases))
@@ -280,6 +296,18 @@ class PACE(EmbeddingLearner):
             if projector is not None:
                 projector.remove()
         self.adapter.freeze()
+
+    def _remember_inputs(self, session: Session) -> None:
+        """Fold this session's layer-input covariances (current backbone) into the memory."""
+        n = len(session.train)
+        covs = collect_input_covariances(self.adapter.manager, self.backbone, session.train.x,
+                                         self.ctx.eval_batch_size, self.ctx.device, subtracted=False)
+        self.ctx.count("forward_samples", n)
+        total = self.memory_n + n
+        self.memory = {k: (self.memory[k] * (self.memory_n / total) if k in self.memory else 0) + c * (n / total)
+                       for k, c in covs.items()}
+        self.memory_n = total
+        self.trace.append(f"memory:{session.index + 1}")
 
     def _perturb_options(self) -> dict:
         cfg = self.cfg
@@ -326,7 +354,7 @@ class PACE(EmbeddingLearner):
         return {**super().state_dict(), "adapter": self.adapter.state_dict(),
                 "classifier": self.classifier.state_dict(), "samples_seen": self.samples_seen,
                 "l_tune": self.l_tune, "cka": list(self.cka), "adapted_sessions": list(self.adapted_sessions),
-                "trace": list(self.trace)}
+                "trace": list(self.trace), "memory": dict(self.memory), "memory_n": self.memory_n}
 
     def load_state_dict(self, state) -> None:
         super().load_state_dict(state)
@@ -337,6 +365,8 @@ class PACE(EmbeddingLearner):
         self.cka = [float(v) for v in state["cka"]]
         self.adapted_sessions = [int(v) for v in state["adapted_sessions"]]
         self.trace = list(state["trace"])
+        self.memory = dict(state.get("memory", {}))
+        self.memory_n = int(state.get("memory_n", 0))
 
 
 class _Layout:
