@@ -286,8 +286,9 @@ class PACE(EmbeddingLearner):
         else:
             head_lr = cfg.lr_head if cfg.head_strategy == "low_lr" else cfg.lr_backbone
         extra = self._boundary_term(session, head, offset) if cfg.boundary_loss and cfg.lambda_reg > 0 else None
+        self.trace.append(f"temp_head:{t + 1}:{cfg.temp_head}")
         self.trace.append(f"lora:{t + 1}:blocks={self.adapter.blocks[0]}-{self.adapter.blocks[-1]}:"
-                          f"head={cfg.head_strategy}" + (":boundary" if extra else "") + f":{cfg.temp_head}")
+                          f"head={cfg.head_strategy}" + (":boundary" if extra else ""))
         try:
             train(bb, head, session.train, ctx, self._train_cfg(epochs, lr), backbone_params=params, head_lr=head_lr,
                   label_offset=offset, purpose=f"lora:{t}", extra_loss=extra,
