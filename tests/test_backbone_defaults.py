@@ -73,3 +73,11 @@ def test_shipped_default_searches_use_validation_only(name):
     load_sweep_spec(path)  # every trial config validates
     spec = yaml.safe_load(path.read_text())
     assert spec["objective"] == "val_last_accuracy" and spec["base"]["scenario"]["val_fraction"] > 0
+
+
+def test_adaptation_table_spec_validates():
+    from pathlib import Path
+
+    from pace.specs import load_ablation_spec
+
+    load_ablation_spec(Path(__file__).resolve().parents[1] / "sweeps" / "adaptation_table.yaml")
