@@ -8,6 +8,7 @@ import torch
 
 from pace.backbones.registry import build_backbone
 from pace.config import BackboneConfig, validate_config
+from pace.heads.analytic import RIDGE_GRID
 from pace.methods.base import Context, Split
 from pace.methods.diagnostics import (diagnostic_metrics, head_accuracy, inert_flags, json_safe, lora_stats,
                                       mean_cosine)
@@ -127,7 +128,8 @@ def test_pace_inert_when_lr_is_negligible(tmp_path, capsys):
     assert "WARNING" in capsys.readouterr().err
     written = json.loads((tmp_path / "metrics.json").read_text())
     assert written["adaptation_inert"] is True
-    assert runner.results[1].diagnostics == {"adapted": 0, "stage": "none", "msa_ran": 0}
+    assert runner.results[1].diagnostics == {"adapted": 0, "stage": "none", "msa_ran": 0,
+                                             "ridge_lam": runner.learner.classifier.last_lam}
 
 
 def test_pace_not_inert_when_adaptation_moves_features(tmp_path, capsys):
@@ -144,6 +146,7 @@ def test_pace_not_inert_when_adaptation_moves_features(tmp_path, capsys):
                                                                                             range(d1["l_tune"], 2)}
     assert all(0 < r <= d2["basis_dim"] for r in d2["basis_rank_block"].values())
     assert d2["delta_w_total_norm"] > d2["delta_w_norm"] > 0
+    assert d1["ridge_lam"] in RIDGE_GRID and d2["ridge_lam"] in RIDGE_GRID
     # strict JSON on disk, numbers in the tracker metrics
     rows = json.loads((tmp_path / "sessions.json").read_text(),
                       parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
@@ -162,7 +165,8 @@ def test_ranpac_fsa_records_and_frozen_ranpac_is_not_flagged(tmp_path):
     runner, final = _run(tmp_path / "frozen", {"name": "ranpac", "fsa": {"enabled": False},
                                               "analytic": {"proj_dim": 128}})
     assert "adaptation_inert" not in final
-    assert runner.results[0].diagnostics == {"adapted": 0, "stage": "none"}
+    assert runner.results[0].diagnostics == {"adapted": 0, "stage": "none",
+                                             "ridge_lam": runner.learner.classifier.last_lam}
 
 
 def test_pace_temp_head_switch_changes_what_trains(tmp_path):

@@ -20,6 +20,8 @@ numbers only with a ``diag_`` prefix, to every tracker):
   else by 2-fold cross-validation over its training clips (class-stratified, deterministic;
   ``head_acc_eval: cv2``): held-out accuracy either way, never test data. In session 1 "before" is
   the pretrained backbone, i.e. the analytic head without FSA.
+- ``ridge_lam``: the ridge strength the analytic head chose this session (every session). A small
+  one fits the stored statistics tightly, so old classes break under even a small feature drift.
 - PACE adds ``cka_block`` (the probe's CKA per block), ``l_tune``, ``cka_fallback`` (1 when no
   block fell below rho_layer and only the last block was adapted), ``msa_ran``, ``basis_rank_block``
   (mean projection-basis rank over the block's LoRA layers) and ``basis_dim`` (their input width).
