@@ -35,11 +35,11 @@ class Seeds(Strict):
 
 class DataConfig(Strict):
     dataset: Literal["fsdd", "folder", "manifest", "synthetic", "esc50", "us8k", "speechcommands", "timit",
-                     "vocalset", "nsynth", "sequence"] = "synthetic"
+                     "vocalset", "nsynth", "sequence", "drumkits"] = "synthetic"
     #: dataset root (fsdd, folder) or CSV file (manifest); fsdd defaults to $PACE_FSDD_ROOT or ../shared
     root: str | None = None
     #: label to learn. fsdd: digit | speaker | digit_speaker; synthetic: coarse | fine;
-    #: timit: speaker | dialect; vocalset: technique | technique_all | singer; nsynth: family | instrument | source
+    #: timit: speaker | dialect; drumkits: kit_instrument | instrument; vocalset: technique | technique_all | singer; nsynth: family | instrument | source
     label: str | None = None
     #: named subset. esc50: esc10; nsynth: nonvocal | acoustic | electronic | synthetic (join with '+')
     subset: str | None = None
@@ -238,12 +238,65 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
     return out
 
 
+BACKBONE_DEFAULTS = Path(__file__).parent / "defaults" / "backbones.yaml"
+
+
+def backbone_defaults(backbone: str, method: str, path: Path = BACKBONE_DEFAULTS) -> dict[str, dict[str, Any]]:
+    """{dotted key: {value, source}} shipped for this backbone and method (empty when none)."""
+    table = yaml.safe_load(path.read_text()) if path.is_file() else None
+    entries = ((table or {}).get(backbone) or {}).get(method) or {}
+    for key, e in entries.items():
+        if not (isinstance(e, dict) and "value" in e and e.get("source")):
+            raise ConfigError(f"{path}: {backbone}.{method}.{key} needs a 'value' and a 'source'")
+    return entries
+
+
+def apply_backbone_defaults(raw: dict[str, Any], path: Path = BACKBONE_DEFAULTS) -> dict[str, Any]:
+    """Fill the method fields the config leaves unset with the backbone's shipped defaults.
+
+    A field the config sets (even to the class default) is never touched. Every applied value is
+    recorded as a tag ``default.<dotted key>: "<value> (<source>)"``, so the resolved config written
+    with the run, and MLflow's tags, say what was applied and where it came from. Idempotent: a
+    resolved config sets every field, so applying again changes nothing.
+    """
+    bb = (raw.get("backbone") or {}).get("name", BackboneConfig().name)
+    method = (raw.get("method") or {}).get("name") if isinstance(raw.get("method"), dict) else None
+    missing = object()
+    todo = {}
+    for k, e in backbone_defaults(str(bb), str(method), path).items():
+        cur: Any = raw
+        for part in k.split("."):
+            cur = cur.get(part, missing) if isinstance(cur, dict) else missing
+        if cur is missing:
+            todo[k] = e
+    if not todo:
+        return raw
+    try:  # missing sub-sections start from the method's own resolved defaults, not the class's
+        resolved = RunConfig.model_validate(raw).to_dict()
+    except ValidationError:
+        return raw  # validation reports the config's own error
+    out = copy.deepcopy(raw)
+    tags = dict(out.get("tags") or {})
+    for k, e in todo.items():
+        *parents, last = k.split(".")
+        cur, res = out, resolved
+        for p in parents:
+            if p not in cur:
+                cur[p] = copy.deepcopy(res[p])
+            cur, res = cur[p], res[p]
+        cur[last] = e["value"]
+        tags[f"default.{k}"] = f"{e['value']} ({e['source']})"
+    out["tags"] = tags
+    return out
+
+
 def validate_config(raw: dict[str, Any], source: str = "<dict>") -> RunConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"invalid config {source}: expected a mapping at the top level")
     if "method" not in raw:
         raise ConfigError(f"invalid config {source}: missing required section 'method' "
                           f"(one of: {', '.join(MethodConfig.known())})")
+    raw = apply_backbone_defaults(raw)
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as exc:

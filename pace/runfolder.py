@@ -132,11 +132,14 @@ def write_bytes(path: str | Path, data: bytes | memoryview) -> None:
 
 
 def strict(obj: Any) -> Any:
-    """``obj`` with every NaN or infinite float replaced by None (strict JSON has no NaN)."""
+    """A strict-JSON copy of ``obj``: NaN/inf -> None (strict JSON has no NaN), tensors and tuples ->
+    lists, keys -> str."""
+    if isinstance(obj, torch.Tensor):
+        obj = obj.tolist()
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {k: strict(v) for k, v in obj.items()}
+        return {str(k): strict(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [strict(v) for v in obj]
     return obj

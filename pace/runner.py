@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import resource
+import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -28,6 +29,7 @@ from pace.data.datasets import build_dataset
 from pace.data.features import FeatureTable, extract_features
 from pace.data.scenario import Scenario, build_scenario
 from pace.methods.base import Context, Learner, Session, Split, build_learner
+from pace.methods.diagnostics import diagnostic_metrics, inert_flags, json_safe
 from pace.provenance import provenance
 from pace.runfolder import (CHECKPOINT, RunFolder, data_identity, json_bytes,  # noqa: F401
                             save_checkpoint, write_all)
@@ -47,6 +49,7 @@ class SessionResult:
     peak_mem_mb: float
     counters: dict[str, int] = field(default_factory=dict)
     analysis: dict[str, float] = field(default_factory=dict)
+    diagnostics: dict[str, Any] = field(default_factory=dict)  # pace.methods.diagnostics
 
     def metrics(self) -> dict[str, float]:
         """Flat per-session metrics for trackers (step = session index)."""
@@ -56,6 +59,7 @@ class SessionResult:
             out["acc_old"] = self.acc_old
         out.update({f"count_{k}": float(v) for k, v in self.counters.items()})
         out.update(self.analysis)
+        out.update(diagnostic_metrics(self.diagnostics))
         return out
 
 
@@ -202,7 +206,7 @@ class Runner:
 
     def _run_session(self, t: int) -> SessionResult:
         session = self.session(t)
-        self.ctx.counters = {}
+        self.ctx.counters, self.ctx.diagnostics = {}, {}
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         t0 = time.perf_counter()
@@ -218,7 +222,7 @@ class Runner:
             acc_old=metrics.old_accuracy_per_session(matrix, sizes)[-1],
             forgetting=metrics.forgetting(matrix), num_classes=session.num_seen,
             train_samples=len(session.train), time_s=elapsed, peak_mem_mb=_peak_mem_mb(self.device),
-            counters=counters, analysis=self._analysis(t))
+            counters=counters, analysis=self._analysis(t), diagnostics=json_safe(dict(self.ctx.diagnostics)))
 
     def _analysis(self, t: int) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -246,6 +250,10 @@ class Runner:
             "peak_mem_mb": max(r.peak_mem_mb for r in self.results),
             "units": "accuracies, forgetting and bwt in percent",
         })
+        final.update(inert_flags([r.diagnostics for r in self.results]))
+        for kind in ("inert", "no_gain"):  # pace.methods.diagnostics: thresholds and reasons
+            for reason in final.get(f"adaptation_{kind}_reasons", []):
+                print(f"WARNING: adaptation {kind.replace('_', ' ')}: {reason}", file=sys.stderr)
         write_all({self.out / "accuracy_matrix.csv": self.matrix_csv(m).encode(),
                    self.out / "metrics.json": json_bytes(final),
                    self.out / "sessions.json": json_bytes([asdict(r) for r in self.results])})

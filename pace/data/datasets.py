@@ -150,6 +150,10 @@ def _build(cfg) -> AudioDataset:
         from pace.data.nsynth import load_nsynth
 
         return load_nsynth(_required_root(cfg), label=cfg.label or "family", subset=cfg.subset)
+    if cfg.dataset == "drumkits":  # Debian hydrogen-drumkits; root defaults to the installed package
+        from pace.data.drumkits import load_drumkits
+
+        return load_drumkits(cfg.root, label=cfg.label or "kit_instrument")
     if cfg.dataset == "sequence":
         from pace.data.sequence import load_sequence
 

@@ -70,6 +70,9 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            {"dataset": "nsynth", "label": "instrument", "subset": "nonvocal", "max_per_class": 40},
            {"num_sessions": 10, "max_classes": 50}, 50, 40, False,
            "nsynth-train/ (examples.json + audio/)"),
+    Preset("drumkits", "Hydrogen drum kits, non-voice fine-grained; kit x instrument, 100 classes of 3-8 "
+           "recorded velocity layers in 10 sessions of 10", {"dataset": "drumkits"}, {"num_sessions": 10}, 100,
+           479 / 100, False, "Debian hydrogen-drumkits (default /usr/share/hydrogen/data/drumkits)"),
     Preset("fsdd-digits", "FSDD spoken digits; 10 classes in 5 sessions of 2",
            {"dataset": "fsdd", "label": "digit"}, {"num_sessions": 5}, 10, 300, True,
            "FSDD: recordings/*.wav (default $PACE_FSDD_ROOT or ../shared/datasets/fsdd)"),

@@ -53,6 +53,9 @@ class Context:
     bf16: bool = True
     #: counters the runner reads after each session (forward/backward samples, ...)
     counters: dict[str, int] = field(default_factory=dict)
+    #: what the learner measured about its own adaptation this session (pace.methods.diagnostics);
+    #: the runner resets it before ``learn`` and copies it into ``SessionResult.diagnostics``
+    diagnostics: dict[str, Any] = field(default_factory=dict)
 
     def generator(self, purpose: str, device: str | torch.device = "cpu") -> torch.Generator:
         """A generator seeded from the init seed and a purpose name, so parts never share streams."""

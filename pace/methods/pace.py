@@ -51,6 +51,8 @@ from pace.config import MethodConfig
 from pace.losses import boundary_loss, boundary_set, perturb
 from pace.methods.base import Session, Split, register_method
 from pace.methods.common import EmbeddingLearner, split_embeddings
+from pace.methods.diagnostics import (basis_ranks, embeddings_before, instrumenting, mean_cosine, not_adapted,
+                                     record_adaptation)
 from pace.methods.parts import (Adapter, AnalyticClassifier, AnalyticConfig, LoRAConfig, TrainConfig,
                                 evaluating, freeze_backbone, session_head, train)
 from pace.peft.projection import GradientProjector, collect_input_covariances, subspace_bases
@@ -67,6 +69,10 @@ class PACEConfig(MethodConfig):
     lr_head: float = Field(0.01, gt=0)  # eta_head
     head_epochs: int = Field(1, ge=0)  # E_head
     head_strategy: Literal["learn_freeze", "low_lr", "same_lr"] = "learn_freeze"
+    #: the temporary head LoRA trains through (FSA and MSA). linear: the paper's (as we read it);
+    #: cosine: RanPAC's FSA head (bounded logits, scale 16), whose loss does not vanish once a
+    #: session of few classes is separated, so LoRA keeps moving the features
+    temp_head: Literal["linear", "cosine"] = "linear"
     layer_selection: Literal["cka", "fixed", "all"] = "cka"
     rho_layer: float = Field(0.94, gt=0, le=1)
     freeze_first: int = Field(0, ge=0)  # layer_selection: fixed
@@ -87,6 +93,13 @@ class PACEConfig(MethodConfig):
     #: (old and new sessions share one input distribution, so the subspace protects nothing), while
     #: "complement" kept it at 75-92 %: the default follows the evidence.
     projection_mode: Literal["onto", "complement"] = "complement"
+    #: current: the basis comes from the session's own clips under the LoRA-subtracted model (the
+    #: paper / LoRA-DRS). memory: GPM-style, from the clips of the sessions already learned: after each
+    #: session (while later ones may still be adapted) the uncentred covariance of every LoRA layer's
+    #: inputs on its training clips, under the backbone as it then is, joins a running clip-weighted
+    #: mean (statistics only, no clip is kept); updates go to the orthogonal complement of that
+    #: memory's basis, so the inputs the analytic head's old statistics were computed from move least
+    projection_basis: Literal["current", "memory"] = "current"
     rho_svd: float = Field(0.99, gt=0, le=1)
     energy: Literal["eig", "sv2"] = "eig"
     # ---- boundary-aware loss
@@ -142,6 +155,9 @@ class PACE(EmbeddingLearner):
         #: what ran, in order ("probe", "head_warmup:1", "lora:2", "projection:2", ...): the record that
         #: each switch changed the computation, for logs and tests
         self.trace: list[str] = []
+        #: projection_basis: memory; {layer: mean uncentred input covariance} over the clips of memory_n
+        self.memory: dict[str, torch.Tensor] = {}
+        self.memory_n = 0
 
     # ------------------------------------------------------------------ session loop
     def learn(self, session: Session) -> None:
@@ -149,22 +165,48 @@ class PACE(EmbeddingLearner):
         if needs_blocks and self.backbone.num_blocks == 0:
             raise ValueError(f"PACE adaptation needs a transformer backbone; {self.backbone.name!r} has no "
                              "blocks (set method.fsa: false and method.msa: false for analytic-only)")
+        stage = None
         if session.index == 0 and self.cfg.fsa:
+            stage, z_before = "fsa", embeddings_before(self, session)
             self._first_session(session)
         elif adapts_session(session.index, self.samples_seen, self.cfg):
+            stage, z_before = "msa", embeddings_before(self, session)
             self._adapt_session(session)
+        self.ctx.diagnostics["msa_ran"] = int(stage == "msa")
         z = split_embeddings(self, session.train).to(self.ctx.device)
+        self._diagnose(session, stage, z_before if stage else None, z)
         self.classifier.fit_session(z, session.train.y.to(self.ctx.device), session.num_seen,
                                     self.ctx.generator(f"ridge:{session.index}"))
         self.trace.append(f"analytic:{session.index + 1}")
+        self.ctx.diagnostics["ridge_lam"] = float(self.classifier.last_lam)  # small lam: brittle to drift
         self.samples_seen += len(session.train)
+        if (self.cfg.projection and self.cfg.projection_basis == "memory" and self.adapter.manager is not None
+                and adapts_session(session.index + 1, self.samples_seen, self.cfg)):
+            self._remember_inputs(session)
 
     def logits_from_embeddings(self, z: torch.Tensor) -> torch.Tensor:
         return self.classifier.logits(z)[:, : self.num_seen]
 
+    def _diagnose(self, session: Session, stage: str | None, z_before, z_after: torch.Tensor) -> None:
+        """The adaptation instruments (pace.methods.diagnostics); session 1's clips are kept with
+        their pretrained embeddings so later sessions can say how far those features moved."""
+        z_after = z_after.cpu()
+        if session.index == 0:
+            self._diag_session1 = (session.train, z_before if stage else z_after)
+        if not stage:
+            not_adapted(self.ctx)
+            return
+        record_adaptation(self, session, z_before, z_after, stage, self.cfg.analytic)
+        if getattr(self, "_diag_session1", None) is not None:
+            split1, z1 = self._diag_session1
+            with instrumenting(self.ctx) as d:
+                now = z_after if session.index == 0 else split_embeddings(self, split1)
+                d["emb_cosine_session1"] = mean_cosine(z1, now)
+
     # ------------------------------------------------------------------ stage 1
     def _first_session(self, session: Session) -> None:
         self.l_tune = self._choose_first_block(session.train)
+        self.ctx.diagnostics["l_tune"] = self.l_tune
         self.adapter.attach(list(range(self.l_tune, self.backbone.num_blocks)))
         self._train_session(session, self.cfg.fsa_epochs)
         self.adapted_sessions.append(session.index)
@@ -180,6 +222,7 @@ class PACE(EmbeddingLearner):
         self.cka = self._cka_probe(split)
         self.trace.append("probe")
         below = [k for k, s in enumerate(self.cka) if s < cfg.rho_layer]
+        self.ctx.diagnostics.update({"cka_block": list(self.cka), "cka_fallback": int(not below)})
         # No block moved enough: adapt only the last one rather than none (documented fallback).
         return below[0] if below else nb - 1
 
@@ -205,6 +248,7 @@ class PACE(EmbeddingLearner):
     def _adapt_session(self, session: Session) -> None:
         if self.adapter.manager is None:  # FSA was switched off: adapt from block L_tune chosen now
             self.l_tune = self._choose_first_block(session.train)
+            self.ctx.diagnostics["l_tune"] = self.l_tune
             self.adapter.attach(list(range(self.l_tune, self.backbone.num_blocks)))
         self._train_session(session, self.cfg.msa_epochs, project=self.cfg.projection, lr=self.cfg.msa_lr)
         self.adapted_sessions.append(session.index)
@@ -221,14 +265,18 @@ class PACE(EmbeddingLearner):
         params = self.adapter.new_session(ctx.generator(f"lora:{t}"))
         projector = None
         if project:
-            covs = collect_input_covariances(self.adapter.manager, bb, session.train.x, ctx.eval_batch_size,
-                                             ctx.device)
-            ctx.count("forward_samples", len(session.train))
-            bases = subspace_bases(covs, cfg.rho_svd, cfg.energy)
-            projector = GradientProjector(self.adapter.manager, bases, mode=cfg.projection_mode)
+            if cfg.projection_basis == "memory" and self.memory:
+                bases, mode = subspace_bases(self.memory, cfg.rho_svd, cfg.energy), "complement"
+            else:
+                covs = collect_input_covariances(self.adapter.manager, bb, session.train.x, ctx.eval_batch_size,
+                                                 ctx.device)
+                ctx.count("forward_samples", len(session.train))
+                bases, mode = subspace_bases(covs, cfg.rho_svd, cfg.energy), cfg.projection_mode
+            projector = GradientProjector(self.adapter.manager, bases, mode=mode)
             self.trace.append(f"projection:{t + 1}")
             self.basis_ranks = {name: int(u.shape[1]) for name, u in bases.items()}
-        head = session_head(bb.embed_dim, len(session.classes), "linear", ctx.generator(f"head:{t}"), ctx.device)
+            ctx.diagnostics.update(basis_ranks(self.adapter, bases))
+        head = session_head(bb.embed_dim, len(session.classes), cfg.temp_head, ctx.generator(f"head:{t}"), ctx.device)
         offset = session.classes[0]
         head_lr = None
         if cfg.head_strategy == "learn_freeze":
@@ -239,6 +287,7 @@ class PACE(EmbeddingLearner):
         else:
             head_lr = cfg.lr_head if cfg.head_strategy == "low_lr" else cfg.lr_backbone
         extra = self._boundary_term(session, head, offset) if cfg.boundary_loss and cfg.lambda_reg > 0 else None
+        self.trace.append(f"temp_head:{t + 1}:{cfg.temp_head}")
         self.trace.append(f"lora:{t + 1}:blocks={self.adapter.blocks[0]}-{self.adapter.blocks[-1]}:"
                           f"head={cfg.head_strategy}" + (":boundary" if extra else ""))
         try:
@@ -249,6 +298,18 @@ class PACE(EmbeddingLearner):
             if projector is not None:
                 projector.remove()
         self.adapter.freeze()
+
+    def _remember_inputs(self, session: Session) -> None:
+        """Fold this session's layer-input covariances (current backbone) into the memory."""
+        n = len(session.train)
+        covs = collect_input_covariances(self.adapter.manager, self.backbone, session.train.x,
+                                         self.ctx.eval_batch_size, self.ctx.device, subtracted=False)
+        self.ctx.count("forward_samples", n)
+        total = self.memory_n + n
+        self.memory = {k: (self.memory[k] * (self.memory_n / total) if k in self.memory else 0) + c * (n / total)
+                       for k, c in covs.items()}
+        self.memory_n = total
+        self.trace.append(f"memory:{session.index + 1}")
 
     def _perturb_options(self) -> dict:
         cfg = self.cfg
@@ -295,7 +356,7 @@ class PACE(EmbeddingLearner):
         return {**super().state_dict(), "adapter": self.adapter.state_dict(),
                 "classifier": self.classifier.state_dict(), "samples_seen": self.samples_seen,
                 "l_tune": self.l_tune, "cka": list(self.cka), "adapted_sessions": list(self.adapted_sessions),
-                "trace": list(self.trace)}
+                "trace": list(self.trace), "memory": dict(self.memory), "memory_n": self.memory_n}
 
     def load_state_dict(self, state) -> None:
         super().load_state_dict(state)
@@ -306,6 +367,8 @@ class PACE(EmbeddingLearner):
         self.cka = [float(v) for v in state["cka"]]
         self.adapted_sessions = [int(v) for v in state["adapted_sessions"]]
         self.trace = list(state["trace"])
+        self.memory = dict(state.get("memory", {}))
+        self.memory_n = int(state.get("memory_n", 0))
 
 
 class _Layout:

@@ -18,6 +18,7 @@ from pydantic import Field
 from pace.config import MethodConfig
 from pace.methods.base import Session, register_method
 from pace.methods.common import EmbeddingLearner, split_embeddings
+from pace.methods.diagnostics import embeddings_before, not_adapted, record_adaptation
 from pace.methods.parts import (Adapter, AnalyticClassifier, AnalyticConfig, FSAConfig,
                                 first_session_adaptation, freeze_backbone)
 
@@ -41,11 +42,18 @@ class AnalyticLearner(EmbeddingLearner):
         self.classifier.to(ctx.device)
 
     def learn(self, session: Session) -> None:
-        if session.index == 0 and self.cfg.fsa.enabled:
+        fsa = session.index == 0 and self.cfg.fsa.enabled
+        if fsa:
+            z_before = embeddings_before(self, session)
             first_session_adaptation(self, session, self.cfg.fsa, self.adapter)
         z = split_embeddings(self, session.train).to(self.ctx.device)
+        if fsa:
+            record_adaptation(self, session, z_before, z.cpu(), "fsa", self.cfg.analytic)
+        else:
+            not_adapted(self.ctx)
         self.classifier.fit_session(z, session.train.y.to(self.ctx.device), session.num_seen,
                                     self.ctx.generator(f"ridge:{session.index}"))
+        self.ctx.diagnostics["ridge_lam"] = float(self.classifier.last_lam)  # small lam: brittle to drift
 
     def logits_from_embeddings(self, z: torch.Tensor) -> torch.Tensor:
         return self.classifier.logits(z)[:, : self.num_seen]
