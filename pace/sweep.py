@@ -38,10 +38,20 @@ from pace.specs import (AblationSpec, SearchSpace, SpecError, SweepSpec, compose
 
 STATE_FILE = "pace_study.json"
 SUMMARY_FILE = "summary.csv"
+#: tag on the parent and every trial run: which instance of the study (``--fresh`` starts a new one)
+INSTANCE_TAG = "pace.study_instance"
+#: tag on a parent run that ``--fresh`` replaced
+ARCHIVED_TAG = "pace.archived"
 TRACKING_FILE = "tracking.json"  # inside each Tune checkpoint: the trial's MLflow run id
+RUNNER_CHECKPOINT = "checkpoint.pt"  # pace.runner.CHECKPOINT (not imported here: it pulls in torch)
 #: test-only fault injection, read by the driver: {"fail_after_session": n, "marker": path, "session_delay_s": s}
 FAULTS_ENV = "PACE_SWEEP_TEST_FAULTS"
 #: config keys holding paths; relative ones are resolved against the launch folder (workers chdir)
+#: what ASHA counts: sessions finished (not Tune's training_iteration, which restarts its count from
+#: the checkpoint Tune's saved state names, while a trial resumes from the newest one on disk)
+SESSIONS_DONE = "sessions_done"
+#: trial work folders, one per study instance, removed when the study ends
+WORK_ROOT = "pace-trials"
 PATH_KEYS = ("data.root", "backbone.checkpoint", "runtime.cache_dir")
 LABEL_ORDER = ("variant", "benchmark", "backbone", "seed")
 
@@ -61,6 +71,8 @@ class TrialContext:
     sink: Any = None  # Ray actor handle of a pace.tracking.MlflowSink, or None (no tracking)
     cpus_per_trial: float = 1.0
     faults: dict[str, Any] = field(default_factory=dict)
+    instance: str = ""  # the study instance id (pace.study_instance): names work folders, tags runs
+    tags: dict[str, str] = field(default_factory=dict)  # extra tags on every trial run
 
 
 def split_trial_config(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
@@ -147,7 +159,8 @@ def trial_metrics(runner, result) -> dict[str, float]:
     from pace import metrics
 
     t = result.index
-    out: dict[str, Any] = {**result.metrics(), "session": t, "sessions_total": len(runner.scenario.sessions)}
+    out: dict[str, Any] = {**result.metrics(), "session": t, SESSIONS_DONE: t + 1,
+                           "sessions_total": len(runner.scenario.sessions)}
     out.update(metrics.summary(runner.matrix, runner.test_sizes()[: t + 1]))
     out.update(val_summary(runner))
     return {k: float(v) for k, v in out.items()
@@ -195,16 +208,24 @@ class TuneReporter:
 
 
 class FaultInjector:
-    """Test-only: sleep after each session, and raise once per study after a given session.
+    """Test-only: sleep after each session, raise once per study after a given session, or block.
 
     It sits between the MLflow and Tune reporters, so the failed session is logged to MLflow but not
-    checkpointed in Tune: the retry recomputes it and must not log the step twice.
+    checkpointed in Tune: the retry recomputes it and must not log the step twice. ``block_after_session``
+    (with ``block_trial``, a trial-name prefix, and ``blocked_marker``) parks the trial after that
+    session, logged but not reported, until ``release`` exists: the test then interrupts the study
+    at a known point instead of racing it.
     """
 
-    def __init__(self, faults: dict[str, Any]):
+    def __init__(self, faults: dict[str, Any], trial_name: str = ""):
         self.fail_after = faults.get("fail_after_session")
         self.marker = faults.get("marker")
         self.delay = float(faults.get("session_delay_s", 0.0))
+        self.block_after = faults.get("block_after_session")
+        self.block_trial = faults.get("block_trial", "")
+        self.blocked_marker = faults.get("blocked_marker")
+        self.release = faults.get("release")
+        self.trial_name = trial_name
 
     def on_start(self, runner) -> None: ...
 
@@ -213,6 +234,10 @@ class FaultInjector:
             time.sleep(self.delay)
         if self.fail_after == result.index + 1 and self.marker and _claim(self.marker):
             raise RuntimeError(f"injected test fault after session {result.index + 1}")
+        if self.block_after == result.index + 1 and self.trial_name.startswith(self.block_trial) \
+                and self.blocked_marker and _claim(self.blocked_marker):
+            while not (self.release and os.path.exists(self.release)):
+                time.sleep(0.05)
 
     def on_end(self, runner, final) -> None: ...
 
@@ -238,8 +263,44 @@ class ActorSink:
         return lambda *a, **kw: ray.get(method.remote(*a, **kw))
 
 
+def _complete(ckpt_dir: Path) -> bool:
+    """A checkpoint folder whose runner checkpoint is a whole zip (torch.save's format) and whose
+    tracking file parses: a folder cut off mid-copy fails one or the other."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(ckpt_dir / RUNNER_CHECKPOINT) as z:
+            if z.testzip() is not None:
+                return False
+        if (ckpt_dir / TRACKING_FILE).is_file():
+            json.loads((ckpt_dir / TRACKING_FILE).read_text())
+        return True
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False
+
+
+def newest_checkpoint(trial_dir: Path) -> Path | None:
+    """The trial's newest complete checkpoint folder on disk. Tune's saved experiment state may name
+    an older one (it is written every few seconds, the checkpoints at every report)."""
+    found = [p for p in trial_dir.glob("checkpoint_*") if p.is_dir() and p.name[11:].isdigit()]
+    for p in sorted(found, key=lambda p: int(p.name[11:]), reverse=True):
+        if _complete(p):
+            return p
+    return None
+
+
+def work_dir(instance: str, trial_id: str) -> Path:
+    return Path(tempfile.gettempdir()) / WORK_ROOT / instance / trial_id
+
+
+def remove_work_dirs(instance: str) -> None:
+    """Remove this study instance's trial work folders on this node (whatever a kill left behind)."""
+    if instance:
+        shutil.rmtree(Path(tempfile.gettempdir()) / WORK_ROOT / instance, ignore_errors=True)
+
+
 def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
-    """The Tune function trainable: one CL run, resumed from the trial's last Tune checkpoint."""
+    """The Tune function trainable: one CL run, resumed from the trial's newest checkpoint."""
     import logging
 
     import torch
@@ -256,29 +317,34 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     tc = tune.get_context()
     # Work outside the trial folder: Tune syncs that folder while the runner renames temp files in it.
     # The finished outputs are copied there at the end (and synced to storage with the trial).
-    out = Path(tempfile.gettempdir()) / "pace-trials" / tc.get_trial_id()
+    out = work_dir(ctx.instance, tc.get_trial_id())
     out.mkdir(parents=True, exist_ok=True)
-    # Tune's checkpoint is the truth: a local checkpoint.pt may be ahead of it (killed before report)
+    # A checkpoint folder is the truth: a local checkpoint.pt may be ahead of it (killed before report)
     (out / CHECKPOINT).unlink(missing_ok=True)
     run_id = None
+    src = newest_checkpoint(Path(tc.get_trial_dir()))
     ckpt = tune.get_checkpoint()
-    if ckpt is not None:
+    if src is None and ckpt is not None:  # storage not on a local/shared path: Tune's own
         with ckpt.as_directory() as d:
-            shutil.copy2(Path(d) / CHECKPOINT, out / CHECKPOINT)
-            if (Path(d) / TRACKING_FILE).is_file():
-                run_id = json.loads((Path(d) / TRACKING_FILE).read_text()).get("run_id")
+            shutil.copytree(d, out / "_restore", dirs_exist_ok=True)
+        src = out / "_restore"
+    if src is not None:
+        shutil.copy2(src / CHECKPOINT, out / CHECKPOINT)
+        if (src / TRACKING_FILE).is_file():
+            run_id = json.loads((src / TRACKING_FILE).read_text()).get("run_id")
+        shutil.rmtree(out / "_restore", ignore_errors=True)
 
     tracker = None
     if ctx.sink is not None:
         tracker = MlflowReporter(ActorSink(ctx.sink), ctx.experiment_id, ctx.parent_run_id,
                                  tc.get_trial_id(), tc.get_trial_name(), labels, run_id,
-                                 extra_final=val_summary)
+                                 extra_final=val_summary, extra_tags=ctx.tags)
     def save_outputs() -> None:
         shutil.copytree(out, Path(tc.get_trial_dir()) / "run", dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns(CHECKPOINT, "*.tmp"))
 
-    reporters = [r for r in (tracker, FaultInjector(ctx.faults) if ctx.faults else None,
-                             TuneReporter(tracker, before_final=save_outputs)) if r is not None]
+    faults = FaultInjector(ctx.faults, tc.get_trial_name()) if ctx.faults else None
+    reporters = [r for r in (tracker, faults, TuneReporter(tracker, before_final=save_outputs)) if r is not None]
     runner = Runner(cfg, out, reporters)
     runner.prepare()
     runner.analysis_hooks.append(ValidationHook())
@@ -288,7 +354,7 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         if tracker is not None:
             tracker.fail("FAILED")  # a retry sets it RUNNING again and continues the same run
         raise
-    finally:  # also when the scheduler stops the trial; a retry starts from Tune's checkpoint anyway
+    finally:  # also when the scheduler stops the trial; a retry starts from its checkpoint anyway
         shutil.rmtree(out, ignore_errors=True)
 
 
@@ -428,9 +494,9 @@ def _num_sessions(spec, base: dict[str, Any]) -> int:
     return n
 
 
-def _build_tuner(kind: str, spec, base: dict[str, Any], trials: list | None, trainable, exp_root: str):
+def _build_tuner(kind: str, spec, base: dict[str, Any], trials: list | None, trainable, exp_root: str,
+                 exp_path: str):
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
     search_alg, param_space, num_samples, scheduler = None, {}, 1, None
     if kind == "ablation":
@@ -450,8 +516,10 @@ def _build_tuner(kind: str, spec, base: dict[str, Any], trials: list | None, tra
                                   mode=spec.mode, sampler=sampler)
         num_samples = spec.samples
     if kind == "sweep" and spec.scheduler is not None:
-        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=_num_sessions(spec, base),
-                                  grace_period=spec.scheduler.grace_period,
+        from pace.schedulers import JOURNAL_FILE, JournaledASHA
+
+        scheduler = JournaledASHA(f"{exp_path}/{JOURNAL_FILE}", time_attr=SESSIONS_DONE,
+                                  max_t=_num_sessions(spec, base), grace_period=spec.scheduler.grace_period,
                                   reduction_factor=spec.scheduler.reduction_factor)
     return tune.Tuner(
         trainable, param_space=param_space,
@@ -475,16 +543,24 @@ def run_study(kind: str, path: str, opts: StudyOptions | None = None, out=None) 
     updates = {k: v for k, v in (("max_concurrent", opts.max_concurrent), ("track", opts.track)) if v is not None}
     if kind == "sweep" and opts.num_samples is not None:
         updates["num_samples"] = opts.num_samples
+    _check_options(opts)
     spec = spec.model_copy(update=updates)
     exp_root = _storage_root(spec.storage_path, opts.storage, cwd)
     exp_path = f"{exp_root}/{spec.name}"
+    if getattr(spec, "scheduler", None) is not None and "://" in exp_root:
+        raise SpecError(f"scheduler: asha journals its decisions in the experiment folder for --resume; "
+                        f"storage {exp_root!r} is not a local or shared path")
 
     state = _read_state(exp_path)
+    old_state = None
     if opts.resume:
         from ray import tune
 
         if state is None or state.get("kind") != kind or not tune.Tuner.can_restore(exp_path):
             raise SpecError(f"nothing to resume at {exp_path}; run `pace {kind} {path}` without --resume")
+        if (state.get("spec") or {}).get("scheduler") and not state.get("scheduler_journal"):
+            raise SpecError(f"{exp_path}: this study's ASHA scheduler was started by an older pace that did not "
+                            "journal its decisions, so a resume would decide differently; start over with --fresh")
         base = state["base"]  # as resolved when the study started (backbone choice included)
         spec = spec.model_copy(update={"objective": state["objective"], "mode": state["mode"]})
         if updates:
@@ -494,13 +570,15 @@ def run_study(kind: str, path: str, opts: StudyOptions | None = None, out=None) 
         if not opts.fresh:
             raise SpecError(f"{exp_path} already holds a {kind} named {spec.name!r}: pass --resume to continue "
                             "it, --fresh to start over, or change 'name'")
-        shutil.rmtree(exp_path, ignore_errors=True)
-        state = None
+        old_state, state = state, None
     out(f"{kind} {spec.name}: {note}")
 
     started_ray = _ensure_ray(opts.address)
     try:
-        return _run(kind, path, spec, base, note, trials, state, exp_root, exp_path, cwd, opts, out)
+        _check_resources(spec)
+        if old_state is not None or (os.path.isdir(exp_path) and not opts.resume):
+            shutil.rmtree(exp_path, ignore_errors=True)  # --fresh: only once nothing else can refuse
+        return _run(kind, path, spec, base, note, trials, state, exp_root, exp_path, cwd, opts, out, old_state)
     finally:
         if started_ray:
             import ray
@@ -508,14 +586,44 @@ def run_study(kind: str, path: str, opts: StudyOptions | None = None, out=None) 
             ray.shutdown()
 
 
-def _run(kind, path, spec, base, note, trials, state, exp_root, exp_path, cwd, opts, out) -> StudyResult:
+def _check_options(opts: StudyOptions) -> None:
+    """Command-line numbers, checked before anything starts (pydantic checks the spec's own)."""
+    for name in ("num_samples", "max_concurrent"):
+        value = getattr(opts, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise SpecError(f"--{name.replace('_', '-')}: expected an integer >= 1, got {value!r}")
+    if opts.resume and opts.fresh:
+        raise SpecError("--resume and --fresh contradict each other; pass one")
+
+
+def _check_resources(spec) -> None:
+    """A trial asking for more of a resource than any node has would wait forever: say so now."""
+    import ray
+
+    need = {"CPU": spec.resources.cpu, "GPU": spec.resources.gpu}
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    for key, amount in need.items():
+        if amount and not any(r.get(key, 0) >= amount for r in nodes):
+            best = max((r.get(key, 0) for r in nodes), default=0)
+            raise SpecError(f"resources.{key.lower()}: each trial asks for {amount:g} {key}, but no node of the "
+                            f"Ray cluster has that many (largest: {best:g}); lower resources.{key.lower()} "
+                            "in the spec or add such a node")
+
+
+def _run(kind, path, spec, base, note, trials, state, exp_root, exp_path, cwd, opts, out,
+         old_state=None) -> StudyResult:
     from ray import tune
 
     from pace.provenance import git_commit
     from pace.tracking import MlflowSink, normalize_uri, ui_command
 
+    import uuid
+
     track = state["track"] if state else spec.track
     uri = exp_id = parent = sink = actor = None
+    # One id per study instance: kept by --resume, new after --fresh (reports tell instances apart)
+    instance = (state or {}).get("instance") or uuid.uuid4().hex[:12]
+    instance_tag = {INSTANCE_TAG: instance}
     if track:
         uri = normalize_uri(opts.tracking_uri or (state or {}).get("tracking_uri") or spec.tracking_uri, cwd)
         sink = MlflowSink(uri)  # the driver creates DB, experiment and parent before any trial writes
@@ -531,19 +639,25 @@ def _run(kind, path, spec, base, note, trials, state, exp_root, exp_path, cwd, o
             else:
                 params.update(num_trials=len(trials))
             tags = {"pace.kind": kind, "pace.role": "study", "git_commit": git_commit(),
-                    "backbone": str(get_dotted(base, "backbone.name")), "pace.backbone_choice": note}
+                    "backbone": str(get_dotted(base, "backbone.name")), "pace.backbone_choice": note,
+                    **instance_tag}
             parent = sink.start_parent(exp_id, spec.name, tags, params)
+            old_parent = (old_state or {}).get("parent_run_id")
+            if old_parent and (old_state or {}).get("tracking_uri") == uri:
+                _archive(sink, old_parent, out)
         actor = _sink_actor(uri)
 
-    if not state:
-        state = {"kind": kind, "name": spec.name, "base": base, "track": bool(track), "tracking_uri": uri,
-                 "experiment_id": exp_id, "parent_run_id": parent, "objective": spec.objective,
-                 "mode": spec.mode, "spec": spec.model_dump(mode="json"), "created": time.time()}
+    if not state or "instance" not in state:
+        state = state or {"kind": kind, "name": spec.name, "base": base, "track": bool(track), "tracking_uri": uri,
+                          "experiment_id": exp_id, "parent_run_id": parent, "objective": spec.objective,
+                          "mode": spec.mode, "spec": spec.model_dump(mode="json"), "created": time.time(),
+                          "scheduler_journal": True}
+        state["instance"] = instance
         _write_file(exp_path, STATE_FILE, json.dumps(state, indent=1))
 
     faults = json.loads(os.environ[FAULTS_ENV]) if os.environ.get(FAULTS_ENV) else {}
     ctx = TrialContext(base=base, cwd=cwd, experiment_id=exp_id, parent_run_id=parent, sink=actor,
-                       cpus_per_trial=spec.resources.cpu, faults=faults)
+                       cpus_per_trial=spec.resources.cpu, faults=faults, instance=instance, tags=instance_tag)
     trainable = tune.with_resources(tune.with_parameters(train_trial, ctx=ctx),
                                     {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     # fast trials + num_to_keep force frequent state snapshots; Tune's warning about it is noise here
@@ -552,7 +666,7 @@ def _run(kind, path, spec, base, note, trials, state, exp_root, exp_path, cwd, o
     if opts.resume:
         tuner = tune.Tuner.restore(exp_path, trainable, resume_unfinished=True, resume_errored=True)
     else:
-        tuner = _build_tuner(kind, spec, base, trials, trainable, exp_root)
+        tuner = _build_tuner(kind, spec, base, trials, trainable, exp_root, exp_path)
 
     outcomes: dict[str, tuple[str, dict]] = {}
     outcome = "KILLED"
@@ -561,7 +675,7 @@ def _run(kind, path, spec, base, note, trials, state, exp_root, exp_path, cwd, o
         rows, outcomes, interrupted = _collect(exp_path, spec.objective)
         num_errors = sum(r["status"] == "failed" for r in rows)
         outcome = "KILLED" if interrupted else ("FAILED" if num_errors else "FINISHED")
-        if sink is not None:
+        if sink is not None and not interrupted:
             _finish_parent(sink, parent, rows, spec)
     except BaseException as exc:
         if sink is not None:  # whatever still runs was cut off with the driver
@@ -575,6 +689,7 @@ def _run(kind, path, spec, base, note, trials, state, exp_root, exp_path, cwd, o
             import ray
 
             ray.kill(actor)
+        _remove_work_dirs_everywhere(instance)
 
     _write_file(exp_path, SUMMARY_FILE, _csv(rows))
     out("")
@@ -625,6 +740,30 @@ def _collect(exp_path: str, objective: str) -> tuple[list[dict[str, Any]], dict[
             "forgetting": m.get("forgetting"), "objective": m.get(objective), "path": trial.path})
     rows.sort(key=lambda r: r["trial"])
     return rows, outcomes, interrupted
+
+
+def _archive(sink, old_parent: str, out) -> None:
+    """--fresh: the earlier instance's parent run stays, marked archived (its children keep their
+    pace.study_instance tag, so reports can tell the instances apart)."""
+    try:
+        sink.set_tags(old_parent, {ARCHIVED_TAG: "true"})
+    except Exception as exc:  # deleted by hand, or another store: nothing to mark
+        out(f"note: could not mark the earlier parent run {old_parent} archived ({type(exc).__name__})")
+
+
+def _remove_work_dirs_everywhere(instance: str) -> None:
+    """Trial work folders of this instance on every live node (a killed trial never removes its own)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    remove_work_dirs(instance)
+    try:
+        task = ray.remote(remove_work_dirs).options(num_cpus=0)
+        refs = [task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                .remote(instance) for n in ray.nodes() if n.get("Alive")]
+        ray.wait(refs, num_returns=len(refs), timeout=30)
+    except Exception:  # Ray already going down (Ctrl-C twice): the local folder is gone at least
+        pass
 
 
 def _describe(row: dict[str, Any]) -> str:
@@ -686,11 +825,14 @@ def _csv(rows: list[dict[str, Any]]) -> str:
 
 
 def _finish_parent(sink, parent: str, rows: list[dict[str, Any]], spec) -> None:
-    """Best objective, the summary and the spec on the parent run."""
-    scored = [r for r in rows if r["objective"] is not None]
-    if scored:
+    """Best objective, the summary and the spec on the parent run, once per study: the best comes
+    from finished trials only (not from one cut off or stopped early), and a study whose parent
+    already holds it (finished before, then resumed) does not log it again."""
+    key = f"best_{spec.objective}"
+    scored = [r for r in rows if r["objective"] is not None and r["status"] == "finished"]
+    if scored and key not in sink.run_metrics(parent):
         best = (max if spec.mode == "max" else min)(scored, key=lambda r: r["objective"])
-        sink.log_session(parent, 0, {f"best_{spec.objective}": best["objective"]})
+        sink.log_session(parent, 0, {key: best["objective"]})
         sink.set_tags(parent, {"pace.best_trial": best["trial"]})
     sink.log_files(parent, {SUMMARY_FILE: _csv(rows).encode(),
                             "spec.yaml": yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False).encode()})

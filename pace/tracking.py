@@ -194,6 +194,9 @@ class MlflowSink:
             self.client.set_tag(run_id, k, v)
         self.client.set_terminated(run_id, status)
 
+    def run_metrics(self, run_id: str) -> dict[str, float]:
+        return dict(self.client.get_run(run_id).data.metrics)
+
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         for k, v in tags.items():
             self.client.set_tag(run_id, k, v)
@@ -248,7 +251,7 @@ class MlflowReporter:
 
     def __init__(self, sink: Any, experiment_id: str, parent_run_id: str, trial_id: str, run_name: str,
                  labels: dict[str, str] | None = None, run_id: str | None = None,
-                 extra_final: Any = None):
+                 extra_final: Any = None, extra_tags: dict[str, str] | None = None):
         self.sink = sink
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
@@ -259,6 +262,8 @@ class MlflowReporter:
         self.logged: set[int] = set()
         #: callable(runner) -> extra final metrics (e.g. the validation objective)
         self.extra_final = extra_final
+        #: tags beyond the config's (the study instance id)
+        self.extra_tags = dict(extra_tags or {})
 
     def on_start(self, runner) -> None:
         from pace.provenance import git_commit
@@ -266,7 +271,7 @@ class MlflowReporter:
         cfg = runner.cfg.to_dict()
         self.run_id, steps = self.sink.open_trial_run(
             self.experiment_id, self.parent_run_id, self.trial_id, self.run_name,
-            run_tags(cfg, self.labels, git_commit()), flatten(cfg), self.run_id)
+            {**run_tags(cfg, self.labels, git_commit()), **self.extra_tags}, flatten(cfg), self.run_id)
         self.logged = set(steps)
 
     def on_session(self, runner, result) -> None:

@@ -368,3 +368,64 @@ def test_ctrl_c_leaves_no_run_running(ray_address, store, tmp_path):
     assert [p.info.status for p in parents] == ["KILLED"]
     assert children and all(r.info.status in ("KILLED", "FINISHED") for r in children)
     assert any(r.info.status == "KILLED" for r in children)
+
+
+def _decisions(exp: Path) -> dict[str, dict[float, str]]:
+    """ASHA's journaled decisions by trial name (trial ids differ between studies)."""
+    from ray.tune import ExperimentAnalysis
+
+    from pace.schedulers import JOURNAL_FILE, read_decisions
+
+    names = {t.trial_id: str(t) for t in ExperimentAnalysis(str(exp)).trials}
+    return {names[k]: v for k, v in read_decisions(str(exp / JOURNAL_FILE)).items()}
+
+
+def _leftover_work_dirs(exp: Path) -> list[Path]:
+    import tempfile
+
+    from ray.tune import ExperimentAnalysis
+
+    ids = {t.trial_id for t in ExperimentAnalysis(str(exp)).trials}
+    root = Path(tempfile.gettempdir()) / "pace-trials"
+    return [p for p in root.rglob("*") if p.name in ids] if root.is_dir() else []
+
+
+@pytest.mark.slow
+def test_killed_asha_sweep_resumes_with_the_same_decisions(ray_address, store, tmp_path):
+    """ASHA stops t001 before the driver is SIGKILLed (while t002 is parked after its first session)
+    and must stop t002 and t003 after --resume, exactly as an uninterrupted sweep does; no trial work
+    folder is left behind."""
+    spec = _sweep_spec(tmp_path, "asha", store, num_samples=1, max_concurrent=1,
+                       search={"method.lr": {"type": "categorical", "values": [0.1, 1e-7, 2e-7, 3e-7]}},
+                       searcher={"type": "grid"}, scheduler={"type": "asha", "grace_period": 1,
+                                                             "reduction_factor": 2})
+    path = _write(tmp_path / "asha.yaml", spec)
+    reference = run_study("sweep", str(_write(tmp_path / "ref.yaml", {**spec, "name": "asha-ref"})))
+    expected = [(r["trial"], r["status"], r["sessions"]) for r in reference.rows]
+    assert [e[1] for e in expected] == ["finished", "stopped early", "stopped early", "stopped early"]
+
+    blocked = tmp_path / "blocked"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TUNE_GLOBAL_CHECKPOINT_S": "0",
+           FAULTS_ENV: json.dumps({"block_after_session": 1, "block_trial": "t002", "blocked_marker": str(blocked),
+                                   "release": str(tmp_path / "never")})}
+    proc = subprocess.Popen([sys.executable, "-m", "pace.cli", "sweep", str(path), "--address", ray_address],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        while not blocked.exists():  # t000 finished, t001 stopped, t002 parked: now kill the driver
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    exp = tmp_path / "ray_results" / "asha"
+    assert _decisions(exp)["t001"] == {1.0: "STOP"}
+
+    res = run_study("sweep", str(path), StudyOptions(resume=True))
+    assert [(r["trial"], r["status"], r["sessions"]) for r in res.rows] == expected
+    assert _decisions(exp) == _decisions(Path(reference.experiment_path))
+    assert _leftover_work_dirs(exp) == [] and _leftover_work_dirs(Path(reference.experiment_path)) == []
+    c, parents, children = _runs(store, "asha")
+    assert [p.info.status for p in parents] == ["FINISHED"]
+    assert sorted((r.info.run_name, r.info.status, tuple(_steps(c, r.info.run_id))) for r in children) == \
+        [("t000", "FINISHED", (0, 1, 2)), ("t001", "FINISHED", (0,)), ("t002", "FINISHED", (0,)),
+         ("t003", "FINISHED", (0, 1))]
