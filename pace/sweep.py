@@ -73,6 +73,7 @@ class TrialContext:
     faults: dict[str, Any] = field(default_factory=dict)
     instance: str = ""  # the study instance id (pace.study_instance): names work folders, tags runs
     tags: dict[str, str] = field(default_factory=dict)  # extra tags on every trial run
+    exp_path: str = ""  # the experiment folder in storage
 
 
 def split_trial_config(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
@@ -208,23 +209,20 @@ class TuneReporter:
 
 
 class FaultInjector:
-    """Test-only: sleep after each session, raise once per study after a given session, or block.
+    """Test-only: sleep after each session, raise once per study after a given session, or park.
 
     It sits between the MLflow and Tune reporters, so the failed session is logged to MLflow but not
-    checkpointed in Tune: the retry recomputes it and must not log the step twice. ``block_after_session``
-    (with ``block_trial``, a trial-name prefix, and ``blocked_marker``) parks the trial after that
-    session, logged but not reported, until ``release`` exists: the test then interrupts the study
-    at a known point instead of racing it.
+    checkpointed in Tune: the retry recomputes it and must not log the step twice. Each entry of
+    ``blocks`` ({"trial": name prefix, "after": session, "marker": path, "release": path}) parks the
+    trial after that session, logged but not yet reported, until ``release`` exists: a test then
+    interrupts the study at a known point instead of racing it.
     """
 
     def __init__(self, faults: dict[str, Any], trial_name: str = ""):
         self.fail_after = faults.get("fail_after_session")
         self.marker = faults.get("marker")
         self.delay = float(faults.get("session_delay_s", 0.0))
-        self.block_after = faults.get("block_after_session")
-        self.block_trial = faults.get("block_trial", "")
-        self.blocked_marker = faults.get("blocked_marker")
-        self.release = faults.get("release")
+        self.blocks = list(faults.get("blocks", []))
         self.trial_name = trial_name
 
     def on_start(self, runner) -> None: ...
@@ -234,10 +232,11 @@ class FaultInjector:
             time.sleep(self.delay)
         if self.fail_after == result.index + 1 and self.marker and _claim(self.marker):
             raise RuntimeError(f"injected test fault after session {result.index + 1}")
-        if self.block_after == result.index + 1 and self.trial_name.startswith(self.block_trial) \
-                and self.blocked_marker and _claim(self.blocked_marker):
-            while not (self.release and os.path.exists(self.release)):
-                time.sleep(0.05)
+        for b in self.blocks:
+            if b["after"] == result.index + 1 and self.trial_name.startswith(b.get("trial", "")) \
+                    and _claim(b["marker"]):
+                while not os.path.exists(b["release"]):
+                    time.sleep(0.05)
 
     def on_end(self, runner, final) -> None: ...
 
@@ -322,7 +321,9 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     # A checkpoint folder is the truth: a local checkpoint.pt may be ahead of it (killed before report)
     (out / CHECKPOINT).unlink(missing_ok=True)
     run_id = None
-    src = newest_checkpoint(Path(tc.get_trial_dir()))
+    # the trial's folder in storage (where Tune persists its checkpoints; shared on a cluster)
+    stored = Path(ctx.exp_path) / Path(tc.get_trial_dir()).name
+    src = newest_checkpoint(stored) if ctx.exp_path and "://" not in ctx.exp_path else None
     ckpt = tune.get_checkpoint()
     if src is None and ckpt is not None:  # storage not on a local/shared path: Tune's own
         with ckpt.as_directory() as d:
@@ -657,7 +658,8 @@ def _run(kind, path, spec, base, note, trials, state, exp_root, exp_path, cwd, o
 
     faults = json.loads(os.environ[FAULTS_ENV]) if os.environ.get(FAULTS_ENV) else {}
     ctx = TrialContext(base=base, cwd=cwd, experiment_id=exp_id, parent_run_id=parent, sink=actor,
-                       cpus_per_trial=spec.resources.cpu, faults=faults, instance=instance, tags=instance_tag)
+                       cpus_per_trial=spec.resources.cpu, faults=faults, instance=instance, tags=instance_tag,
+                       exp_path=exp_path)
     trainable = tune.with_resources(tune.with_parameters(train_trial, ctx=ctx),
                                     {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     # fast trials + num_to_keep force frequent state snapshots; Tune's warning about it is noise here

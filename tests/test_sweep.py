@@ -268,28 +268,47 @@ def _checkpointed(exp: Path) -> set[str]:
         return set()
 
 
+def _wait(marker: Path, proc) -> None:
+    """Until a parked trial has written its marker (the driver must still be alive)."""
+    while not marker.exists():
+        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+        time.sleep(0.1)
+
+
 def test_resume_after_killed_driver(ray_address, store, tmp_path):
-    """SIGKILL the `pace sweep` driver after the first trial reported, then --resume: every trial
-    finishes once, runs continue (no duplicate steps, no RUNNING left), results equal fresh runs."""
+    """SIGKILL the `pace sweep` driver while Tune's saved experiment state names an older checkpoint
+    of the first trial than the one on disk, then --resume: it goes on from its newest checkpoint (no session
+    recomputed), every trial finishes once, runs continue (no duplicate steps, no RUNNING left), and
+    the results equal fresh runs."""
     spec = _sweep_spec(tmp_path, "resume", store, num_samples=3, max_concurrent=1,
                        search={"method.lr": {"type": "log", "low": 1e-3, "high": 0.3}})
     path = _write(tmp_path / "r.yaml", spec)
-    # TUNE_GLOBAL_CHECKPOINT_S=0: Tune saves its experiment state at every step, so the state on
-    # disk soon records the first trial checkpoint (a SIGKILL loses whatever it had not saved yet)
-    env = {**os.environ, FAULTS_ENV: json.dumps({"session_delay_s": 0.5}), "PYTHONPATH": str(REPO),
+    m1, r1, m2 = tmp_path / "parked-1", tmp_path / "release-1", tmp_path / "parked-2"
+    blocks = [{"after": 2, "marker": str(m1), "release": str(r1)},  # the first trial, twice
+              {"after": 3, "marker": str(m2), "release": str(tmp_path / "never")}]
+    # TUNE_GLOBAL_CHECKPOINT_S=0: Tune saves its experiment state at every step
+    env = {**os.environ, FAULTS_ENV: json.dumps({"blocks": blocks}), "PYTHONPATH": str(REPO),
            "TUNE_GLOBAL_CHECKPOINT_S": "0"}
     proc = subprocess.Popen([sys.executable, "-m", "pace.cli", "sweep", str(path), "--address", ray_address],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     exp = tmp_path / "ray_results" / "resume"
     try:
-        deadline = time.time() + 120
-        while not (reported := _checkpointed(exp)):
-            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
-            assert time.time() < deadline, "no trial reported in time"
-            time.sleep(0.2)
+        _wait(m1, proc)  # session 1 reported (checkpoint_000000), t000 parked after session 2
+        while not _checkpointed(exp):
+            assert proc.poll() is None
+            time.sleep(0.1)
+        lagging = {p: p.read_bytes() for p in exp.glob("experiment_state-*.json")}
+        r1.touch()
+        _wait(m2, proc)  # session 2 reported (checkpoint_000001), parked after session 3
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+    (first,) = [p.parent.parent.name for p in exp.glob("t*/checkpoint_000001/checkpoint.pt")]
+    for p in exp.glob("experiment_state-*.json"):  # the state as saved before checkpoint_000001
+        p.unlink()
+    for p, data in lagging.items():
+        p.write_bytes(data)
+    reported = {first}
     c, _, before = _runs(store, "resume")
     assert any(r.info.status == "RUNNING" for r in before)  # the kill left it open; resume must close it
 
@@ -298,9 +317,11 @@ def test_resume_after_killed_driver(ray_address, store, tmp_path):
     # trials that had reported went on from their checkpoint, not from session 1
     from ray.tune import ExperimentAnalysis
 
-    for t in ExperimentAnalysis(res.experiment_path).trials:
-        if str(t) in reported:
-            assert t.last_result["iterations_since_restore"] < 3 and t.last_result["training_iteration"] == 3
+    trials = ExperimentAnalysis(res.experiment_path).trials
+    assert reported <= {str(t) for t in trials}
+    for t in trials:
+        if str(t) in reported:  # from checkpoint_000001 (2 sessions), not the state's checkpoint_000000
+            assert t.last_result["iterations_since_restore"] == 1 and t.last_result["sessions_done"] == 3
     assert len(res.rows) == 3 and all(r["status"] == "finished" for r in res.rows)
     c, parents, children = _runs(res.tracking_uri, "resume")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
@@ -347,19 +368,18 @@ def test_shipped_specs_validate():
 
 
 def test_ctrl_c_leaves_no_run_running(ray_address, store, tmp_path):
-    """Ctrl-C (SIGINT) on `pace sweep`: Tune stops gracefully, the cut-off trial's run and the parent
-    are KILLED, nothing stays RUNNING, and the exit code says interrupted."""
+    """Ctrl-C (SIGINT) on `pace sweep` while the first trial is parked after session 2 (session 1 reported):
+    Tune stops gracefully, the cut-off trial's run and the parent are KILLED, nothing stays RUNNING,
+    and the exit code says interrupted."""
     spec = _sweep_spec(tmp_path, "sigint", store, num_samples=2, max_concurrent=1,
                        search={"method.lr": {"type": "log", "low": 1e-3, "high": 0.3}})
     path = _write(tmp_path / "c.yaml", spec)
-    env = {**os.environ, FAULTS_ENV: json.dumps({"session_delay_s": 0.5}), "PYTHONPATH": str(REPO)}
+    parked = tmp_path / "parked"
+    faults = {"blocks": [{"after": 2, "marker": str(parked), "release": str(tmp_path / "never")}]}
+    env = {**os.environ, FAULTS_ENV: json.dumps(faults), "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "pace.cli", "sweep", str(path), "--address", ray_address],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    exp = tmp_path / "ray_results" / "sigint"
-    deadline = time.time() + 120
-    while not list(exp.glob("t*/checkpoint_000000")):
-        assert proc.poll() is None and time.time() < deadline, proc.stdout.read().decode()[-3000:]
-        time.sleep(0.2)
+    _wait(parked, proc)
     proc.send_signal(signal.SIGINT)
     out = proc.communicate(timeout=120)[0].decode()
     assert proc.returncode == 130, out[-3000:]
@@ -406,8 +426,8 @@ def test_killed_asha_sweep_resumes_with_the_same_decisions(ray_address, store, t
 
     blocked = tmp_path / "blocked"
     env = {**os.environ, "PYTHONPATH": str(REPO), "TUNE_GLOBAL_CHECKPOINT_S": "0",
-           FAULTS_ENV: json.dumps({"block_after_session": 1, "block_trial": "t002", "blocked_marker": str(blocked),
-                                   "release": str(tmp_path / "never")})}
+           FAULTS_ENV: json.dumps({"blocks": [{"trial": "t002", "after": 1, "marker": str(blocked),
+                                               "release": str(tmp_path / "never")}]})}
     proc = subprocess.Popen([sys.executable, "-m", "pace.cli", "sweep", str(path), "--address", ray_address],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
