@@ -71,6 +71,28 @@ def ui_command(uri: str) -> str:
     return f"open {uri} in a browser (the tracking server serves the UI)"
 
 
+def open_client(uri: str):
+    """An MlflowClient whose store exists. Creating or migrating an SQLite store is not safe when two
+    processes do it at once (``table ... already exists``), so it happens under a file lock next to
+    the database; the first query inside the lock makes MLflow create or upgrade the schema."""
+    import fcntl
+
+    from mlflow.tracking import MlflowClient
+
+    db = sqlite_path(uri)
+    if db is None:
+        return MlflowClient(tracking_uri=uri)
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            client = MlflowClient(tracking_uri=uri)
+            client.search_experiments(max_results=1)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return client
+
+
 # ---------------------------------------------------------------------------------------------
 # Params and tags
 
@@ -118,10 +140,8 @@ class MlflowSink:
     """Writes to one tracking store. Stateless apart from the client, so it can live in an actor."""
 
     def __init__(self, tracking_uri: str):
-        from mlflow.tracking import MlflowClient
-
         self.uri = tracking_uri
-        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.client = open_client(tracking_uri)
 
     # -- experiment and parent run (driver)
     def experiment(self, name: str) -> str:

@@ -106,3 +106,24 @@ def test_close_sweep_leaves_nothing_running(sink):
     # a reopened study sets its parent running again
     sink.reopen(parent)
     assert sink.client.get_run(parent).info.status == "RUNNING"
+
+
+def test_study_summary_comes_from_finished_trials_once(sink):
+    """The parent's best objective ignores trials cut off or stopped early, and a resumed study that
+    finishes again does not log it a second time."""
+    from types import SimpleNamespace
+
+    from pace.sweep import _finish_parent
+
+    exp = sink.experiment("study-c")
+    parent = sink.start_parent(exp, "study", {}, {})
+    rows = [{"trial": t, "trial_id": t, "status": st, "labels": {}, "params": {}, "sessions": s,
+             "last_accuracy": v, "average_incremental_accuracy": v, "forgetting": 0.0, "objective": v}
+            for t, st, s, v in (("t0", "interrupted", "2/5", 90.0), ("t1", "finished", "5/5", 70.0),
+                                ("t2", "stopped early", "1/5", 95.0), ("t3", "finished", "5/5", 60.0))]
+    spec = SimpleNamespace(objective="val_last_accuracy", mode="max", model_dump=lambda mode: {})
+    _finish_parent(sink, parent, rows, spec)
+    _finish_parent(sink, parent, rows, spec)  # interrupted, resumed, finished again
+    hist = sink.client.get_metric_history(parent, "best_val_last_accuracy")
+    assert [(m.step, m.value) for m in hist] == [(0, 70.0)]
+    assert sink.client.get_run(parent).data.tags["pace.best_trial"] == "t1"
