@@ -446,6 +446,30 @@ def test_killed_asha_sweep_resumes_with_the_same_decisions(ray_address, store, t
     assert _leftover_work_dirs(exp) == [] and _leftover_work_dirs(Path(reference.experiment_path)) == []
     c, parents, children = _runs(store, "asha")
     assert [p.info.status for p in parents] == ["FINISHED"]
+    instance = json.loads((exp / "pace_study.json").read_text())["instance"]  # kept by --resume
+    assert {r.data.tags["pace.study_instance"] for r in parents + children} == {instance}
     assert sorted((r.info.run_name, r.info.status, tuple(_steps(c, r.info.run_id))) for r in children) == \
         [("t000", "FINISHED", (0, 1, 2)), ("t001", "FINISHED", (0,)), ("t002", "FINISHED", (0,)),
          ("t003", "FINISHED", (0, 1))]
+
+
+def test_fresh_starts_a_new_study_instance(ray_address, store, tmp_path):
+    """Every run of a study carries its instance id (pace_study.json, kept by --resume); --fresh starts
+    a new instance, and marks the earlier parent run archived, so the two stay distinguishable."""
+    spec = _sweep_spec(tmp_path, "inst", store, num_samples=1, max_concurrent=1,
+                       search={"method.name": {"type": "categorical", "values": ["simplecil"]}})
+    path = _write(tmp_path / "i.yaml", spec)
+    state = tmp_path / "ray_results" / "inst" / "pace_study.json"
+    first = run_study("sweep", str(path))
+    old = json.loads(state.read_text())["instance"]
+    second = run_study("sweep", str(path), StudyOptions(fresh=True))
+    new = json.loads(state.read_text())["instance"]
+    assert old and new and old != new
+    c, parents, children = _runs(store, "inst")
+    by_id = {p.info.run_id: p for p in parents}
+    assert by_id[first.parent_run_id].data.tags["pace.study_instance"] == old
+    assert by_id[first.parent_run_id].data.tags["pace.archived"] == "true"
+    assert by_id[second.parent_run_id].data.tags["pace.study_instance"] == new
+    assert "pace.archived" not in by_id[second.parent_run_id].data.tags
+    assert sorted((r.data.tags["mlflow.parentRunId"], r.data.tags["pace.study_instance"]) for r in children) == \
+        sorted([(first.parent_run_id, old), (second.parent_run_id, new)])
