@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_render_cli(dsub)
 
-    for extra in ("pace.sweep", "pace.report", "pace.benchmarks"):
+    for extra in ("pace.sweep", "pace.report", "pace.benchmarks", "pace.journal"):
         try:
             mod = __import__(extra, fromlist=["add_cli"])
         except ModuleNotFoundError as exc:

@@ -440,20 +440,20 @@ def _ensure_ray(address: str | None) -> bool:
     return True
 
 
-def _sink_actor(uri: str):
+def _sink_actor(uri: str, journal: str):
     """The MLflow sink as an actor pinned to this (the driver's) node: a server bound to 127.0.0.1
     here is reachable, and an SQLite store gets one writer."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from pace.tracking import MlflowSink
+    from pace.journal import JournaledSink
 
     node = ray.get_runtime_context().get_node_id()
     # Not awaited: it starts (seconds: importing mlflow) while Tune starts; the driver's own sink has
     # already opened the same URI, so a bad URI has failed by now.
-    return ray.remote(MlflowSink).options(
+    return ray.remote(JournaledSink).options(
         num_cpus=0, max_concurrency=1,
-        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node, soft=False)).remote(uri)
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node, soft=False)).remote(uri, journal)
 
 
 @dataclass
@@ -571,14 +571,12 @@ def run_study(kind: str, path: str, opts: StudyOptions | None = None, out=None) 
         if not opts.fresh:
             raise SpecError(f"{exp_path} already holds a {kind} named {spec.name!r}: pass --resume to continue "
                             "it, --fresh to start over, or change 'name'")
-        old_state, state = state, None
+        old_state, state = state or {}, None
     out(f"{kind} {spec.name}: {note}")
 
     started_ray = _ensure_ray(opts.address)
     try:
         _check_resources(spec)
-        if old_state is not None or (os.path.isdir(exp_path) and not opts.resume):
-            shutil.rmtree(exp_path, ignore_errors=True)  # --fresh: only once nothing else can refuse
         return _run(kind, path, spec, base, note, trials, state, exp_root, exp_path, cwd, opts, out, old_state)
     finally:
         if started_ray:
@@ -616,7 +614,7 @@ def _run(kind, path, spec, base, note, trials, state, exp_root, exp_path, cwd, o
     from ray import tune
 
     from pace.provenance import git_commit
-    from pace.tracking import MlflowSink, normalize_uri, ui_command
+    from pace.tracking import MlflowSink, check_reachable, normalize_uri, ui_command
 
     import uuid
 
@@ -626,7 +624,19 @@ def _run(kind, path, spec, base, note, trials, state, exp_root, exp_path, cwd, o
     instance = (state or {}).get("instance") or uuid.uuid4().hex[:12]
     instance_tag = {INSTANCE_TAG: instance}
     if track:
+        from pace.journal import journal_folder, pending_journals, sync
+
         uri = normalize_uri(opts.tracking_uri or (state or {}).get("tracking_uri") or spec.tracking_uri, cwd)
+        check_reachable(uri)  # seconds, not MLflow's minutes of retries
+        # writes earlier studies here could not send (server down when they ended) go first
+        earlier = [j for j in pending_journals([exp_root]) if j.uri == uri]
+        if earlier:
+            sync(earlier, 30, out)
+        if old_state is not None:  # --fresh: never drop writes the old instance could not send yet
+            if pending_journals([exp_path]):
+                raise SpecError(f"{exp_path} holds tracking writes not sent yet; run `pace tracking sync "
+                                f"{exp_path}` once their server answers, then --fresh")
+            shutil.rmtree(exp_path, ignore_errors=True)
         sink = MlflowSink(uri)  # the driver creates DB, experiment and parent before any trial writes
         if state:
             exp_id, parent = state["experiment_id"], state["parent_run_id"]
@@ -646,8 +656,11 @@ def _run(kind, path, spec, base, note, trials, state, exp_root, exp_path, cwd, o
             old_parent = (old_state or {}).get("parent_run_id")
             if old_parent and (old_state or {}).get("tracking_uri") == uri:
                 _archive(sink, old_parent, out)
-        actor = _sink_actor(uri)
+        journal = journal_folder(exp_path, cwd, spec.name)
+        actor = _sink_actor(uri, str(journal))
 
+    if old_state is not None and not track:
+        shutil.rmtree(exp_path, ignore_errors=True)  # --fresh, once nothing else can refuse
     if not state or "instance" not in state:
         state = state or {"kind": kind, "name": spec.name, "base": base, "track": bool(track), "tracking_uri": uri,
                           "experiment_id": exp_id, "parent_run_id": parent, "objective": spec.objective,
@@ -672,25 +685,32 @@ def _run(kind, path, spec, base, note, trials, state, exp_root, exp_path, cwd, o
 
     outcomes: dict[str, tuple[str, dict]] = {}
     outcome = "KILLED"
+    unsent = 0
+    ending = ActorSink(actor) if actor is not None else None  # the end goes through the journal too
     try:
         tuner.fit()
         rows, outcomes, interrupted = _collect(exp_path, spec.objective)
         num_errors = sum(r["status"] == "failed" for r in rows)
         outcome = "KILLED" if interrupted else ("FAILED" if num_errors else "FINISHED")
-        if sink is not None and not interrupted:
-            _finish_parent(sink, parent, rows, spec)
+        if ending is not None and not interrupted:
+            _finish_parent(ending, parent, rows, spec)
     except BaseException as exc:
-        if sink is not None:  # whatever still runs was cut off with the driver
-            sink.close_sweep(exp_id, parent, {}, "FAILED" if isinstance(exc, Exception) else "KILLED")
-            sink = None
+        if ending is not None:  # whatever still runs was cut off with the driver
+            ending.close_sweep(exp_id, parent, {}, "FAILED" if isinstance(exc, Exception) else "KILLED")
+            ending = None
         raise
     finally:
-        if sink is not None:
-            sink.close_sweep(exp_id, parent, outcomes, outcome)
+        if ending is not None:
+            ending.close_sweep(exp_id, parent, outcomes, outcome)
         if actor is not None:
             import ray
 
-            ray.kill(actor)
+            try:
+                from pace.journal import FLUSH_DEFAULT_S, FLUSH_ENV
+
+                unsent = ray.get(actor.flush.remote(float(os.environ.get(FLUSH_ENV, FLUSH_DEFAULT_S))))
+            finally:
+                ray.kill(actor)
         _remove_work_dirs_everywhere(instance)
 
     _write_file(exp_path, SUMMARY_FILE, _csv(rows))
@@ -705,6 +725,9 @@ def _run(kind, path, spec, base, note, trials, state, exp_root, exp_path, cwd, o
         out(f"interrupted: continue with `pace {'ablate' if kind == 'ablation' else kind} {path} --resume`")
     if track:
         out(f"MLflow: experiment {spec.name!r} at {uri}\n  open the UI with: {ui_command(uri)}")
+        if unsent:
+            out(f"tracking: {uri} did not answer; {unsent} writes are kept in {journal} and sent by the next "
+                f"`pace sweep`/`pace ablate` here that reaches it, or now with `pace tracking sync {exp_path}`")
     return StudyResult(exp_path, uri, exp_id, parent, rows, interrupted, num_errors)
 
 
@@ -829,15 +852,13 @@ def _csv(rows: list[dict[str, Any]]) -> str:
 def _finish_parent(sink, parent: str, rows: list[dict[str, Any]], spec) -> None:
     """Best objective, the summary and the spec on the parent run, once per study: the best comes
     from finished trials only (not from one cut off or stopped early), and a study whose parent
-    already holds it (finished before, then resumed) does not log it again."""
-    key = f"best_{spec.objective}"
+    already holds it (finished before, then resumed) does not log it again (``sink.summary``)."""
     scored = [r for r in rows if r["objective"] is not None and r["status"] == "finished"]
-    if scored and key not in sink.run_metrics(parent):
-        best = (max if spec.mode == "max" else min)(scored, key=lambda r: r["objective"])
-        sink.log_session(parent, 0, {key: best["objective"]})
-        sink.set_tags(parent, {"pace.best_trial": best["trial"]})
-    sink.log_files(parent, {SUMMARY_FILE: _csv(rows).encode(),
-                            "spec.yaml": yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False).encode()})
+    best = (max if spec.mode == "max" else min)(scored, key=lambda r: r["objective"]) if scored else None
+    files = {SUMMARY_FILE: _csv(rows).encode(),
+             "spec.yaml": yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False).encode()}
+    sink.summary(parent, f"best_{spec.objective}" if best else None, best["objective"] if best else None,
+                 {"pace.best_trial": best["trial"]} if best else {}, files)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -61,6 +61,34 @@ def normalize_uri(uri: str | None, cwd: str | Path | None = None) -> str:
     return uri
 
 
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail within seconds when a tracking server does not answer (MLflow's client would retry for
+    minutes); an SQLite store needs a folder it can write."""
+    from pace.config import ConfigError
+
+    db = sqlite_path(uri)
+    if db is not None:
+        folder = next((p for p in [db.parent, *db.parents] if p.exists()), None)
+        if folder is None or not os.access(folder, os.W_OK):
+            raise ConfigError(f"tracking URI {uri}: cannot create or write {db} (folder not writable); "
+                              "pass another --tracking-uri or --no-tracking")
+        return
+    if not uri.startswith(("http://", "https://")):
+        return  # databricks and other stores: MLflow checks them
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s):
+            pass
+    except urllib.error.HTTPError:
+        return  # it answered (a proxy or an auth layer may refuse /health)
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ConfigError(f"tracking server {uri} is unreachable ({reason}); start it (mlflow server "
+                          "--host 127.0.0.1 --port PORT), pass another --tracking-uri, or --no-tracking") from None
+
+
 def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
 
@@ -216,6 +244,15 @@ class MlflowSink:
 
     def run_metrics(self, run_id: str) -> dict[str, float]:
         return dict(self.client.get_run(run_id).data.metrics)
+
+    def summary(self, parent_run_id: str, key: str | None, value: float | None, tags: dict[str, str],
+                files: dict[str, bytes]) -> None:
+        """A study's summary on its parent run: ``key`` is logged once (a resumed study that ends
+        again does not log a second value), tags and files are overwritten."""
+        if key and value is not None and key not in self.run_metrics(parent_run_id):
+            self.log_session(parent_run_id, 0, {key: value})
+        self.set_tags(parent_run_id, tags)
+        self.log_files(parent_run_id, files)
 
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         for k, v in tags.items():
