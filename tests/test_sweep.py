@@ -473,3 +473,48 @@ def test_fresh_starts_a_new_study_instance(ray_address, store, tmp_path):
     assert "pace.archived" not in by_id[second.parent_run_id].data.tags
     assert sorted((r.data.tags["mlflow.parentRunId"], r.data.tags["pace.study_instance"]) for r in children) == \
         sorted([(first.parent_run_id, old), (second.parent_run_id, new)])
+
+
+@pytest.mark.slow
+def test_tracking_outage_never_stops_the_study(ray_address, tmp_path, capsys):
+    """The tracking server goes away while the first trial is parked after session 1: both trials
+    finish anyway, their writes are kept in the study's journal, and once the server is back
+    `pace tracking sync` sends them: one run per trial, steps 0..2 once each, nothing RUNNING."""
+    from test_study_faults import MlflowServer
+
+    server = MlflowServer(tmp_path / "server")
+    server.start()
+    spec = _sweep_spec(tmp_path, "outage", server.uri, num_samples=2, max_concurrent=1,
+                       search={"method.lr": {"type": "log", "low": 1e-3, "high": 0.3}})
+    path = _write(tmp_path / "o.yaml", spec)
+    parked, release = tmp_path / "parked", tmp_path / "release"
+    faults = {"blocks": [{"after": 1, "marker": str(parked), "release": str(release)}]}
+    env = {**os.environ, FAULTS_ENV: json.dumps(faults), "PYTHONPATH": str(REPO), "PACE_TRACKING_FLUSH_S": "2"}
+    proc = subprocess.Popen([sys.executable, "-m", "pace.cli", "sweep", str(path), "--address", ray_address],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        _wait(parked, proc)
+        server.down()
+        release.touch()
+        out = proc.communicate(timeout=600)[0].decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out[-3000:]
+    assert "2 trials, 0 failed" in out and "pace tracking sync" in out, out[-3000:]
+
+    server.up()
+    try:
+        exp = tmp_path / "ray_results" / "outage"
+        assert main(["tracking", "sync", str(exp)]) == 0
+        assert main(["tracking", "sync", str(exp)]) == 0  # nothing left: sends nothing twice
+        c, parents, children = _runs(server.uri, "outage")
+        assert [p.info.status for p in parents] == ["FINISHED"]
+        assert "best_val_last_accuracy" in parents[0].data.metrics
+        assert len(children) == 2
+        for r in children:
+            assert r.info.status == "FINISHED" and _steps(c, r.info.run_id) == [0, 1, 2]
+            assert len(c.get_metric_history(r.info.run_id, "last_accuracy")) == 1
+            assert "accuracy_matrix.csv" in {a.path for a in c.list_artifacts(r.info.run_id)}
+    finally:
+        server.stop()
