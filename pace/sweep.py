@@ -481,9 +481,9 @@ class StudyResult:
 
 def _load(kind: str, path: str) -> tuple[SweepSpec | AblationSpec, dict[str, Any], str, list | None]:
     if kind == "sweep":
-        spec, base, note = load_sweep_spec(path)
+        spec, base, note = load_sweep_spec(path, check_data=True)
         return spec, base, note, None
-    spec, base, note, trials = load_ablation_spec(path)
+    spec, base, note, trials = load_ablation_spec(path, check_data=True)
     return spec, base, note, trials
 
 
@@ -574,6 +574,11 @@ def run_study(kind: str, path: str, opts: StudyOptions | None = None, out=None) 
         old_state, state = state or {}, None
     out(f"{kind} {spec.name}: {note}")
 
+    if state["track"] if state else spec.track:
+        from pace.tracking import check_reachable, normalize_uri
+
+        check_reachable(normalize_uri(opts.tracking_uri or (state or {}).get("tracking_uri") or spec.tracking_uri,
+                                      cwd))  # seconds, before Ray starts
     started_ray = _ensure_ray(opts.address)
     try:
         _check_resources(spec)

@@ -518,3 +518,30 @@ def test_tracking_outage_never_stops_the_study(ray_address, tmp_path, capsys):
             assert "accuracy_matrix.csv" in {a.path for a in c.list_artifacts(r.info.run_id)}
     finally:
         server.stop()
+
+
+def test_bad_options_resources_and_data_fail_before_any_trial(ray_address, tmp_path, capsys):
+    """Command-line numbers, resources no node has, an unreachable tracking server and a variant
+    whose classes do not fill its sessions: one `pace: error:` line each, exit 2, no study left."""
+    from test_study_faults import _free_port
+
+    path = _write(tmp_path / "s.yaml", _sweep_spec(tmp_path, "bad"))
+    for flag, value in (("--num-samples", "0"), ("--num-samples", "-1"), ("--max-concurrent", "-3")):
+        assert main(["sweep", str(path), flag, value]) == 2
+        assert f"{flag}: expected an integer >= 1, got {int(value)}" in capsys.readouterr().err
+    gpu = _write(tmp_path / "g.yaml", _sweep_spec(tmp_path, "bad", resources={"gpu": 1}))
+    assert main(["sweep", str(gpu)]) == 2
+    assert "resources.gpu: each trial asks for 1 GPU, but no node of the Ray cluster has that many" \
+        in capsys.readouterr().err
+    t0 = time.monotonic()
+    assert main(["sweep", str(path), "--tracking-uri", f"http://127.0.0.1:{_free_port()}"]) == 2
+    err = capsys.readouterr().err
+    assert time.monotonic() - t0 < 30 and "is unreachable" in err and "--no-tracking" in err
+    spec = {"name": "bad", "base": {**BASE, "data": {**BASE["data"], "synthetic_classes": 4},
+                                    "scenario": {"num_sessions": 2}},
+            "variants": {"ok": {}, "three": {"scenario.num_sessions": 3}},
+            "storage_path": str(tmp_path / "ray_results"), "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    assert main(["ablate", str(_write(tmp_path / "a.yaml", spec))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("pace: error:") and "variant=three" in err and "4 classes do not split into 3" in err
+    assert not (tmp_path / "ray_results").exists() and not (tmp_path / "mlflow.db").exists()
