@@ -377,7 +377,7 @@ def trial_name(trial) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]", "_", "-".join(parts))[:120]
 
 
-def _progress_callback():
+def _progress_callback(max_failures: int = 0):
     """One line per trial event instead of Tune's boxed tables (defined lazily: importing
     ray.tune at module import would slow every ``pace`` command)."""
     from ray import tune
@@ -395,8 +395,15 @@ def _progress_callback():
         def on_trial_complete(self, iteration, trials, trial, **info):
             print(f"[{trial}] done", flush=True)
 
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            allowed = "unlimited" if max_failures < 0 else str(max_failures)
+            print(f"[{trial}] error; retrying from its last checkpoint (failure {trial.num_failures}, "
+                  f"max_failures {allowed})", flush=True)
+
         def on_trial_error(self, iteration, trials, trial, **info):
-            print(f"[{trial}] error (Tune retries it from its last session if max_failures allows)", flush=True)
+            where = getattr(trial, "error_file", None)
+            print(f"[{trial}] failed; no retries left (max_failures {max_failures})"
+                  + (f"; error in {where}" if where else ""), flush=True)
 
     return Progress()
 
@@ -426,6 +433,17 @@ def _write_file(exp_path: str, name: str, text: str) -> None:
         f.write(text.encode())
 
 
+def _quiet_ray() -> None:
+    """Ray's output that says nothing about the study: Tune's boxed header and TensorBoard hint (the
+    legacy output engine honours verbose=0), "operation took 0.5 s" lines (threshold read when
+    ray.tune is imported), and the token-auth notice of a local cluster pace starts and stops itself."""
+    import logging
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_WARN_THRESHOLD_S", "10")
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+
+
 def _ensure_ray(address: str | None) -> bool:
     """Start local Ray (all cores, no dashboard) or connect to ``address``; True if we started it."""
     import ray
@@ -433,7 +451,14 @@ def _ensure_ray(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     if address:
-        ray.init(address=address)
+        try:
+            ray.init(address=address)
+        except (ConnectionError, RuntimeError, ray.exceptions.RayError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            hint = "" if os.environ.get("RAY_AUTH_MODE", "").lower() == "token" else (
+                "; if the cluster uses token authentication, set RAY_AUTH_MODE=token and give its token "
+                "(RAY_AUTH_TOKEN, or the file ~/.ray/auth_token or RAY_AUTH_TOKEN_PATH)")
+            raise SpecError(f"--address {address}: cannot connect to the Ray cluster ({first[:300]}){hint}") from None
     else:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         ray.init(num_cpus=cpus, include_dashboard=False)
@@ -532,13 +557,15 @@ def _build_tuner(kind: str, spec, base: dict[str, Any], trials: list | None, tra
             name=spec.name, storage_path=exp_root,
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            sync_config=tune.SyncConfig(sync_artifacts=True), verbose=0, callbacks=[_progress_callback()]))
+            sync_config=tune.SyncConfig(sync_artifacts=True), verbose=0,
+            callbacks=[_progress_callback(spec.max_failures)]))
 
 
 def run_study(kind: str, path: str, opts: StudyOptions | None = None, out=None) -> StudyResult:
     """Run (or ``opts.resume``) the sweep/ablation in spec file ``path``; prints a summary."""
     out = out or (lambda s: print(s, flush=True))
     opts = opts or StudyOptions()
+    _quiet_ray()
     cwd = os.getcwd()
     spec, base, note, trials = _load(kind, path)  # every spec error surfaces here, before Ray starts
     updates = {k: v for k, v in (("max_concurrent", opts.max_concurrent), ("track", opts.track)) if v is not None}
@@ -695,6 +722,8 @@ def _run(kind, path, spec, base, note, trials, state, exp_root, exp_path, cwd, o
     try:
         tuner.fit()
         rows, outcomes, interrupted = _collect(exp_path, spec.objective)
+        if interrupted:
+            rows += _not_started(rows, kind, spec, base, trials)
         num_errors = sum(r["status"] == "failed" for r in rows)
         outcome = "KILLED" if interrupted else ("FAILED" if num_errors else "FINISHED")
         if ending is not None and not interrupted:
@@ -794,6 +823,30 @@ def _remove_work_dirs_everywhere(instance: str) -> None:
         ray.wait(refs, num_returns=len(refs), timeout=30)
     except Exception:  # Ray already going down (Ctrl-C twice): the local folder is gone at least
         pass
+
+
+def _not_started(rows: list[dict[str, Any]], kind: str, spec, base: dict[str, Any], trials: list | None
+                 ) -> list[dict[str, Any]]:
+    """Rows for the trials an interrupted study had not created yet, so its summary lists all."""
+    if kind == "ablation":
+        expected = [({}, t["labels"]) for t in trials]
+    elif spec.searcher.type == "grid":
+        expected = [(g, {}) for g in SearchSpace(spec.search, base).grid()] * spec.samples
+    else:
+        expected = [({}, {})] * spec.samples
+    seen = [json.dumps([r["labels"], r["params"] if kind != "ablation" else {}], sort_keys=True) for r in rows]
+    missing = []
+    for params, labels in expected:
+        key = json.dumps([labels, params], sort_keys=True)
+        if key in seen:
+            seen.remove(key)
+        elif params or labels or len(missing) + len(rows) < len(expected):
+            missing.append((params, labels))
+    if kind != "ablation" and spec.searcher.type != "grid":
+        missing = missing[: max(0, spec.samples - len(rows))]
+    return [{"trial": "-", "trial_id": "", "status": "not started", "labels": labels, "params": params,
+             "sessions": "0/?", "last_accuracy": None, "average_incremental_accuracy": None, "forgetting": None,
+             "objective": None, "path": ""} for params, labels in missing]
 
 
 def _describe(row: dict[str, Any]) -> str:

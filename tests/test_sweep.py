@@ -384,6 +384,9 @@ def test_ctrl_c_leaves_no_run_running(ray_address, store, tmp_path):
     out = proc.communicate(timeout=120)[0].decode()
     assert proc.returncode == 130, out[-3000:]
     assert "interrupted" in out and "--resume" in out
+    table = [line for line in out.splitlines() if line.startswith("| ") and not line.startswith("| trial")]
+    assert len(table) == 2 and "| interrupted " in table[0] and "| not started " in table[1], out[-3000:]
+    assert "TensorBoard" not in out and "operation took" not in out and "Token authentication" not in out
     c, parents, children = _runs(store, "sigint")
     assert [p.info.status for p in parents] == ["KILLED"]
     assert children and all(r.info.status in ("KILLED", "FINISHED") for r in children)
