@@ -288,6 +288,14 @@ def newest_checkpoint(trial_dir: Path) -> Path | None:
     return None
 
 
+def _stopped_before(ctx: TrialContext, trial_id: str) -> bool:
+    if not ctx.exp_path or "://" in ctx.exp_path:
+        return False
+    from pace.schedulers import JOURNAL_FILE, read_decisions
+
+    return "STOP" in read_decisions(f"{ctx.exp_path}/{JOURNAL_FILE}").get(trial_id, {}).values()
+
+
 def work_dir(instance: str, trial_id: str) -> Path:
     return Path(tempfile.gettempdir()) / WORK_ROOT / instance / trial_id
 
@@ -310,10 +318,12 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
 
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # "Checkpoint successfully created" per session
 
+    tc = tune.get_context()
+    if _stopped_before(ctx, tc.get_trial_id()):
+        return  # ASHA stopped it before an interruption that Tune's saved state missed: same decision
     cfg, labels = trial_config(ctx, config)
     if cfg.runtime.num_threads is None:  # concurrent trials must not each take every core
         torch.set_num_threads(max(1, int(ctx.cpus_per_trial)))
-    tc = tune.get_context()
     # Work outside the trial folder: Tune syncs that folder while the runner renames temp files in it.
     # The finished outputs are copied there at the end (and synced to storage with the trial).
     out = work_dir(ctx.instance, tc.get_trial_id())
@@ -406,6 +416,24 @@ def _progress_callback(max_failures: int = 0):
                   + (f"; error in {where}" if where else ""), flush=True)
 
     return Progress()
+
+
+def _driver_faults() -> list:
+    """Test-only: ``freeze_driver`` ({"when": path, "frozen": path}) parks the driver's Tune loop
+    between steps once ``when`` exists, so a test kills it at a known point, not mid-write."""
+    faults = json.loads(os.environ[FAULTS_ENV]) if os.environ.get(FAULTS_ENV) else {}
+    freeze = faults.get("freeze_driver")
+    if not freeze:
+        return []
+    from ray import tune
+
+    class Freeze(tune.Callback):
+        def on_step_begin(self, iteration, trials, **info):
+            if os.path.exists(freeze["when"]) and _claim(freeze["frozen"]):
+                while True:
+                    time.sleep(1)
+
+    return [Freeze()]
 
 
 def _storage_root(spec_storage: str | None, cli_storage: str | None, cwd: str) -> str:
@@ -558,7 +586,7 @@ def _build_tuner(kind: str, spec, base: dict[str, Any], trials: list | None, tra
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             sync_config=tune.SyncConfig(sync_artifacts=True), verbose=0,
-            callbacks=[_progress_callback(spec.max_failures)]))
+            callbacks=[_progress_callback(spec.max_failures), *_driver_faults()]))
 
 
 def run_study(kind: str, path: str, opts: StudyOptions | None = None, out=None) -> StudyResult:
@@ -586,6 +614,10 @@ def run_study(kind: str, path: str, opts: StudyOptions | None = None, out=None) 
 
         if state is None or state.get("kind") != kind or not tune.Tuner.can_restore(exp_path):
             raise SpecError(f"nothing to resume at {exp_path}; run `pace {kind} {path}` without --resume")
+        damaged = _damaged_tune_state(exp_path)
+        if damaged:
+            raise SpecError(f"{damaged}: Tune's saved state was cut off mid-write (the driver was killed while "
+                            "saving it), so Tune would silently start over; start over with --fresh")
         if (state.get("spec") or {}).get("scheduler") and not state.get("scheduler_journal"):
             raise SpecError(f"{exp_path}: this study's ASHA scheduler was started by an older pace that did not "
                             "journal its decisions, so a resume would decide differently; start over with --fresh")
@@ -608,13 +640,31 @@ def run_study(kind: str, path: str, opts: StudyOptions | None = None, out=None) 
                                       cwd))  # seconds, before Ray starts
     started_ray = _ensure_ray(opts.address)
     try:
-        _check_resources(spec)
+        _check_resources(spec, out, can_grow=bool(opts.address))
         return _run(kind, path, spec, base, note, trials, state, exp_root, exp_path, cwd, opts, out, old_state)
     finally:
         if started_ray:
             import ray
 
             ray.shutdown()
+
+
+def _damaged_tune_state(exp_path: str) -> str | None:
+    """The newest experiment state or searcher state file that does not load, if any (local storage)."""
+    import glob
+
+    if "://" in exp_path:
+        return None
+    for pattern, load in (("experiment_state-*.json", lambda b: json.loads(b)),
+                          ("searcher-state-*.pkl", lambda b: __import__("pickle").loads(b))):
+        files = sorted(glob.glob(os.path.join(exp_path, pattern)))
+        if files:
+            try:
+                with open(files[-1], "rb") as f:
+                    load(f.read())
+            except Exception:  # noqa: BLE001 - any failure to load is damage
+                return files[-1]
+    return None
 
 
 def _check_options(opts: StudyOptions) -> None:
@@ -627,8 +677,9 @@ def _check_options(opts: StudyOptions) -> None:
         raise SpecError("--resume and --fresh contradict each other; pass one")
 
 
-def _check_resources(spec) -> None:
-    """A trial asking for more of a resource than any node has would wait forever: say so now."""
+def _check_resources(spec, out, can_grow: bool = False) -> None:
+    """A trial asking for more of a resource than any node has would wait forever: say so now. On a
+    cluster (``--address``) an autoscaler may still add such a node: a note, not an error."""
     import ray
 
     need = {"CPU": spec.resources.cpu, "GPU": spec.resources.gpu}
@@ -636,6 +687,10 @@ def _check_resources(spec) -> None:
     for key, amount in need.items():
         if amount and not any(r.get(key, 0) >= amount for r in nodes):
             best = max((r.get(key, 0) for r in nodes), default=0)
+            if can_grow:
+                out(f"note: each trial asks for {amount:g} {key} and no node has that many now (largest: "
+                    f"{best:g}); trials wait until the autoscaler adds such a node")
+                continue
             raise SpecError(f"resources.{key.lower()}: each trial asks for {amount:g} {key}, but no node of the "
                             f"Ray cluster has that many (largest: {best:g}); lower resources.{key.lower()} "
                             "in the spec or add such a node")

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 import pace
 
 #: the pace under test (subprocesses import the same one)
@@ -26,6 +28,7 @@ print(sink.experiment(sys.argv[4]))
 """
 
 
+@pytest.mark.slow
 def test_two_studies_create_a_new_sqlite_store_at_once(tmp_path):
     uri = f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}"
     go = tmp_path / "go"

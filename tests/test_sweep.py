@@ -268,6 +268,20 @@ def _checkpointed(exp: Path) -> set[str]:
         return set()
 
 
+def _kill_frozen(proc, exp: Path, frozen: Path) -> None:
+    """SIGKILL the driver once it is parked between Tune steps and its saved state has reached the
+    experiment folder whole (Tune uploads it in the background): a kill, not a torn file."""
+    from pace.sweep import _damaged_tune_state
+
+    try:
+        _wait(frozen, proc)
+        while _damaged_tune_state(str(exp)) or not list(exp.glob("experiment_state-*.json")):
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+
 def _wait(marker: Path, proc) -> None:
     """Until a parked trial has written its marker (the driver must still be alive)."""
     while not marker.exists():
@@ -286,31 +300,35 @@ def test_resume_after_killed_driver(ray_address, store, tmp_path):
     m1, r1, m2 = tmp_path / "parked-1", tmp_path / "release-1", tmp_path / "parked-2"
     blocks = [{"after": 2, "marker": str(m1), "release": str(r1)},  # the first trial, twice
               {"after": 3, "marker": str(m2), "release": str(tmp_path / "never")}]
+    frozen = tmp_path / "frozen"
     # TUNE_GLOBAL_CHECKPOINT_S=0: Tune saves its experiment state at every step
-    env = {**os.environ, FAULTS_ENV: json.dumps({"blocks": blocks}), "PYTHONPATH": str(REPO),
-           "TUNE_GLOBAL_CHECKPOINT_S": "0"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TUNE_GLOBAL_CHECKPOINT_S": "0",
+           FAULTS_ENV: json.dumps({"blocks": blocks, "freeze_driver": {"when": str(m2), "frozen": str(frozen)}})}
     proc = subprocess.Popen([sys.executable, "-m", "pace.cli", "sweep", str(path), "--address", ray_address],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     exp = tmp_path / "ray_results" / "resume"
     try:
         _wait(m1, proc)  # session 1 reported (checkpoint_000000), t000 parked after session 2
-        while not _checkpointed(exp):
+        lagging = {}
+        while not lagging:  # a whole state file (read while Tune may be rewriting it) naming that checkpoint
             assert proc.poll() is None
             time.sleep(0.1)
-        lagging = {p: p.read_bytes() for p in exp.glob("experiment_state-*.json")}
+            snap = {p: p.read_bytes() for p in exp.glob("experiment_state-*.json")}
+            try:
+                if snap and all(json.loads(b) for b in snap.values()) and _checkpointed(exp):
+                    lagging = snap
+            except ValueError:
+                pass
         r1.touch()
-        _wait(m2, proc)  # session 2 reported (checkpoint_000001), parked after session 3
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    finally:  # then: session 2 reported (checkpoint_000001), parked after session 3, the driver frozen
+        _kill_frozen(proc, exp, frozen)
     (first,) = [p.parent.parent.name for p in exp.glob("t*/checkpoint_000001/checkpoint.pt")]
     for p in exp.glob("experiment_state-*.json"):  # the state as saved before checkpoint_000001
         p.unlink()
     for p, data in lagging.items():
         p.write_bytes(data)
     reported = {first}
-    c, _, before = _runs(store, "resume")
-    assert any(r.info.status == "RUNNING" for r in before)  # the kill left it open; resume must close it
+    c, _, before = _runs(store, "resume")  # what the journal had sent before the kill (RUNNING)
 
     res = run_study("sweep", str(path), StudyOptions(resume=True))
     assert not res.interrupted and res.num_errors == 0
@@ -427,20 +445,16 @@ def test_killed_asha_sweep_resumes_with_the_same_decisions(ray_address, store, t
     expected = [(r["trial"], r["status"], r["sessions"]) for r in reference.rows]
     assert [e[1] for e in expected] == ["finished", "stopped early", "stopped early", "stopped early"]
 
-    blocked = tmp_path / "blocked"
+    blocked, frozen = tmp_path / "blocked", tmp_path / "frozen"
+    # TUNE_GLOBAL_CHECKPOINT_S=0: the saved state knows every trial so far (a lag is the other test's case)
     env = {**os.environ, "PYTHONPATH": str(REPO), "TUNE_GLOBAL_CHECKPOINT_S": "0",
            FAULTS_ENV: json.dumps({"blocks": [{"trial": "t002", "after": 1, "marker": str(blocked),
-                                               "release": str(tmp_path / "never")}]})}
+                                               "release": str(tmp_path / "never")}],
+                                   "freeze_driver": {"when": str(blocked), "frozen": str(frozen)}})}
     proc = subprocess.Popen([sys.executable, "-m", "pace.cli", "sweep", str(path), "--address", ray_address],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        while not blocked.exists():  # t000 finished, t001 stopped, t002 parked: now kill the driver
-            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
-            time.sleep(0.1)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
     exp = tmp_path / "ray_results" / "asha"
+    _kill_frozen(proc, exp, frozen)  # t000 finished, t001 stopped, t002 parked: now kill the driver
     assert _decisions(exp)["t001"] == {1.0: "STOP"}
 
     res = run_study("sweep", str(path), StudyOptions(resume=True))
