@@ -47,18 +47,34 @@ class Journal:
         if uri is not None and not meta.is_file():
             meta.write_text(json.dumps({"uri": uri}))
         self.uri = uri or json.loads(meta.read_text())["uri"]
+        self._ops: list[dict[str, Any]] = []
+        self._pos = 0  # bytes of ops.jsonl already parsed into _ops
+        self._read_lock = threading.Lock()  # the sender thread and flush() both read
 
     def ops(self) -> list[dict[str, Any]]:
+        """Every journaled write so far (reads only what was appended since the last call)."""
         path = self.folder / OPS_FILE
-        out = []
-        if path.is_file():
-            # only newline-terminated lines: the last one may be mid-append right now
-            for line in path.read_text(encoding="utf-8").split("\n")[:-1]:
+        with self._read_lock:
+            if not path.is_file():
+                self._ops, self._pos = [], 0
+                return []
+            with open(path, "rb") as f:
+                f.seek(self._pos)
+                data = f.read()
+            end = data.rfind(b"\n") + 1  # only whole lines: the last one may be mid-append right now
+            for line in data[:end].split(b"\n")[:-1]:
                 try:
-                    out.append(json.loads(line))
+                    self._ops.append(json.loads(line))
                 except json.JSONDecodeError:  # torn by a kill mid-write: that write never returned
                     pass
-        return out
+            self._pos += end
+            return list(self._ops)
+
+    def clear(self) -> None:
+        """Everything was sent: drop the log (it holds artifacts, so it can be large)."""
+        for name in (OPS_FILE, SENT_FILE):
+            (self.folder / name).unlink(missing_ok=True)
+        self._ops, self._pos = [], 0
 
     def sent(self) -> int:
         try:
@@ -244,6 +260,9 @@ class JournaledSink:
         end = time.time() + timeout_s
         while time.time() < end:
             if len(self.journal.ops()) - self.journal.sent() == 0:
+                with self._lock:
+                    self._stop = True  # the study is over: nothing more will be appended
+                    self.journal.clear()
                 return 0
             self._wake.set()
             time.sleep(0.1)
@@ -331,6 +350,8 @@ def sync(journals: list[Journal], timeout_s: float, out=print) -> int:
         left = drain(j, Sender(j.uri), time.time() + timeout_s,
                      lambda op, exc: out(f"pace: warning: {j.uri} rejected a {op['op']} write ({exc}); skipped it"))
         left_total += left
+        if not left:
+            j.clear()
         if left:
             out(f"tracking: {left} of {n} writes in {j.folder} still unsent ({j.uri} unreachable)")
         else:
