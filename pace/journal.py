@@ -23,7 +23,6 @@ import os
 import sys
 import threading
 import time
-from collections import deque
 from pathlib import Path
 from typing import Any
 

@@ -24,7 +24,10 @@ from pace.specs import SearchSpace, compose, load_sweep_spec
 from pace.sweep import FAULTS_ENV, StudyOptions, ValidationHook, run_study, split_trial_config
 
 pytestmark = pytest.mark.ray
-REPO = Path(__file__).resolve().parents[1]
+import pace  # noqa: E402
+
+#: the pace under test: driver subprocesses import the same one
+REPO = Path(pace.__file__).resolve().parents[1]
 
 BASE = {
     "name": "t",
