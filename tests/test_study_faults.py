@@ -93,6 +93,7 @@ class MlflowServer:
 
         self._listener = socket.create_server(("127.0.0.1", self.port))
         listener = self._listener
+        self._open = True
 
         def pump(a, b):
             try:
@@ -113,6 +114,9 @@ class MlflowServer:
                     client, _ = listener.accept()
                 except OSError:
                     return  # gate closed
+                if not self._open:  # accepted while closing: refuse it too
+                    client.close()
+                    return
                 try:
                     upstream = socket.create_connection(("127.0.0.1", self.server_port))
                 except OSError:
@@ -128,6 +132,11 @@ class MlflowServer:
         """The outage: no new connections, the open ones cut."""
         import socket
 
+        self._open = False
+        try:
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+        except OSError:
+            pass
         self._listener.close()
         for c in self._conns:
             try:

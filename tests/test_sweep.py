@@ -504,6 +504,13 @@ def test_tracking_outage_never_stops_the_study(ray_address, tmp_path, capsys):
 
     server = MlflowServer(tmp_path / "server")
     server.start()
+    try:
+        _outage_study(server, ray_address, tmp_path)
+    finally:
+        server.stop()  # also when an assertion failed: no server left behind
+
+
+def _outage_study(server, ray_address: str, tmp_path: Path) -> None:
     spec = _sweep_spec(tmp_path, "outage", server.uri, num_samples=2, max_concurrent=1,
                        search={"method.lr": {"type": "log", "low": 1e-3, "high": 0.3}})
     path = _write(tmp_path / "o.yaml", spec)
@@ -524,20 +531,17 @@ def test_tracking_outage_never_stops_the_study(ray_address, tmp_path, capsys):
     assert "2 trials, 0 failed" in out and "pace tracking sync" in out, out[-3000:]
 
     server.up()
-    try:
-        exp = tmp_path / "ray_results" / "outage"
-        assert main(["tracking", "sync", str(exp)]) == 0
-        assert main(["tracking", "sync", str(exp)]) == 0  # nothing left: sends nothing twice
-        c, parents, children = _runs(server.uri, "outage")
-        assert [p.info.status for p in parents] == ["FINISHED"]
-        assert "best_val_last_accuracy" in parents[0].data.metrics
-        assert len(children) == 2
-        for r in children:
-            assert r.info.status == "FINISHED" and _steps(c, r.info.run_id) == [0, 1, 2]
-            assert len(c.get_metric_history(r.info.run_id, "last_accuracy")) == 1
-            assert "accuracy_matrix.csv" in {a.path for a in c.list_artifacts(r.info.run_id)}
-    finally:
-        server.stop()
+    exp = tmp_path / "ray_results" / "outage"
+    assert main(["tracking", "sync", str(exp)]) == 0
+    assert main(["tracking", "sync", str(exp)]) == 0  # nothing left: sends nothing twice
+    c, parents, children = _runs(server.uri, "outage")
+    assert [p.info.status for p in parents] == ["FINISHED"]
+    assert "best_val_last_accuracy" in parents[0].data.metrics
+    assert len(children) == 2
+    for r in children:
+        assert r.info.status == "FINISHED" and _steps(c, r.info.run_id) == [0, 1, 2]
+        assert len(c.get_metric_history(r.info.run_id, "last_accuracy")) == 1
+        assert "accuracy_matrix.csv" in {a.path for a in c.list_artifacts(r.info.run_id)}
 
 
 def test_bad_options_resources_and_data_fail_before_any_trial(ray_address, tmp_path, capsys):
