@@ -176,6 +176,7 @@ _EXTERNAL = {
         "ablate": "grid of variants x benchmarks x backbones x seeds on Ray Tune",
     },
     "pace.report:add_cli": {"report": "tables and figures from a study's MLflow runs (mean ± std over seeds)"},
+    "pace.journal:add_cli": {"tracking": "MLflow tracking of studies: send writes kept during an outage"},
 }
 _DATA_EXTERNAL = {
     "pace.data.render:add_render_cli": {

@@ -531,14 +531,48 @@ def _resolved_base(spec: _Common, source: str) -> tuple[dict[str, Any], str]:
     return base, note
 
 
-def load_sweep_spec(path: str | Path) -> tuple[SweepSpec, dict[str, Any], str]:
-    """(spec, resolved base, backbone note); raises SpecError on anything that would fail a trial."""
+class DataCheck:
+    """Checks the data-dependent part of trial configs (class count vs sessions, clips per class)
+    by listing each distinct data set once and laying out its scenario: no audio is decoded.
+
+    A data set that cannot be listed here (not downloaded on this machine) is left to the trial."""
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+
+    def __call__(self, cfg: RunConfig, what: str, source: str) -> None:
+        import json
+
+        from pace.data.datasets import build_dataset
+        from pace.data.scenario import build_scenario
+
+        d = cfg.to_dict()
+        key = json.dumps([d.get("data"), d.get("scenario"), d.get("seeds")], sort_keys=True, default=str)
+        if key in self.seen:
+            return
+        self.seen.add(key)
+        try:
+            items = build_dataset(cfg.data).items
+        except (OSError, ImportError):
+            return
+        except ValueError as exc:
+            raise SpecError(f"{source} ({what}): data: {exc}") from None
+        try:
+            build_scenario(items, cfg.scenario, cfg.seeds)
+        except ValueError as exc:
+            raise SpecError(f"{source} ({what}): scenario: {exc}") from None
+
+
+def load_sweep_spec(path: str | Path, check_data: bool = False) -> tuple[SweepSpec, dict[str, Any], str]:
+    """(spec, resolved base, backbone note); raises SpecError on anything that would fail a trial
+    (with ``check_data``, also what only the data can tell, e.g. classes that do not fill the sessions)."""
     source = str(path)
     spec = _parse(SweepSpec, read_yaml(path), source)
-    return (spec, *check_sweep(spec, source))
+    return (spec, *check_sweep(spec, source, DataCheck() if check_data else None))
 
 
-def check_sweep(spec: SweepSpec, source: str = "<spec>") -> tuple[dict[str, Any], str]:
+def check_sweep(spec: SweepSpec, source: str = "<spec>", data_check: DataCheck | None = None
+                ) -> tuple[dict[str, Any], str]:
     base, note = _resolved_base(spec, source)
     defaults = validate_config(base).to_dict()
     for key, p in spec.search.items():
@@ -563,6 +597,8 @@ def check_sweep(spec: SweepSpec, source: str = "<spec>") -> tuple[dict[str, Any]
         what = "trial " + ", ".join(f"{k}={v!r}" for k, v in overrides.items())
         cfg = _check_config(compose(base, overrides), what, source)
         _check_objective(spec, cfg, what if overrides else "base", source)
+        if data_check is not None:
+            data_check(cfg, what if overrides else "base", source)
     return base, note
 
 
@@ -586,12 +622,12 @@ def _probes(space: SearchSpace) -> list[dict[str, Any]]:
     return out
 
 
-def load_ablation_spec(path: str | Path, check_configs: bool = True
+def load_ablation_spec(path: str | Path, check_configs: bool = True, check_data: bool = False
                        ) -> tuple[AblationSpec, dict[str, Any], str, list[dict[str, Any]]]:
     """(spec, resolved base, backbone note, trials); each trial is {"overrides", "labels"}."""
     source = str(path)
     spec = _parse(AblationSpec, read_yaml(path), source)
-    return (spec, *check_ablation(spec, source, check_configs))
+    return (spec, *check_ablation(spec, source, check_configs, DataCheck() if check_data else None))
 
 
 def ablation_trials(spec: AblationSpec, base: dict[str, Any]) -> list[dict[str, Any]]:
@@ -611,8 +647,8 @@ def ablation_trials(spec: AblationSpec, base: dict[str, Any]) -> list[dict[str, 
     return trials
 
 
-def check_ablation(spec: AblationSpec, source: str = "<spec>", check_configs: bool = True
-                   ) -> tuple[dict[str, Any], str, list[dict[str, Any]]]:
+def check_ablation(spec: AblationSpec, source: str = "<spec>", check_configs: bool = True,
+                   data_check: DataCheck | None = None) -> tuple[dict[str, Any], str, list[dict[str, Any]]]:
     if check_configs:
         base, note = _resolved_base(spec, source)
     else:
@@ -626,4 +662,6 @@ def check_ablation(spec: AblationSpec, source: str = "<spec>", check_configs: bo
             what = "/".join(f"{k}={v}" for k, v in t["labels"].items())
             cfg = _check_config(compose(base, t["overrides"]), what, source)
             _check_objective(spec, cfg, what, source)
+            if data_check is not None:
+                data_check(cfg, what, source)
     return base, note, trials

@@ -38,10 +38,20 @@ from pace.specs import (AblationSpec, SearchSpace, SpecError, SweepSpec, compose
 
 STATE_FILE = "pace_study.json"
 SUMMARY_FILE = "summary.csv"
+#: tag on the parent and every trial run: which instance of the study (``--fresh`` starts a new one)
+INSTANCE_TAG = "pace.study_instance"
+#: tag on a parent run that ``--fresh`` replaced
+ARCHIVED_TAG = "pace.archived"
 TRACKING_FILE = "tracking.json"  # inside each Tune checkpoint: the trial's MLflow run id
+RUNNER_CHECKPOINT = "checkpoint.pt"  # pace.runner.CHECKPOINT (not imported here: it pulls in torch)
 #: test-only fault injection, read by the driver: {"fail_after_session": n, "marker": path, "session_delay_s": s}
 FAULTS_ENV = "PACE_SWEEP_TEST_FAULTS"
 #: config keys holding paths; relative ones are resolved against the launch folder (workers chdir)
+#: what ASHA counts: sessions finished (not Tune's training_iteration, which restarts its count from
+#: the checkpoint Tune's saved state names, while a trial resumes from the newest one on disk)
+SESSIONS_DONE = "sessions_done"
+#: trial work folders, one per study instance, removed when the study ends
+WORK_ROOT = "pace-trials"
 PATH_KEYS = ("data.root", "backbone.checkpoint", "runtime.cache_dir")
 LABEL_ORDER = ("variant", "benchmark", "backbone", "seed")
 
@@ -61,6 +71,9 @@ class TrialContext:
     sink: Any = None  # Ray actor handle of a pace.tracking.MlflowSink, or None (no tracking)
     cpus_per_trial: float = 1.0
     faults: dict[str, Any] = field(default_factory=dict)
+    instance: str = ""  # the study instance id (pace.study_instance): names work folders, tags runs
+    tags: dict[str, str] = field(default_factory=dict)  # extra tags on every trial run
+    exp_path: str = ""  # the experiment folder in storage
 
 
 def split_trial_config(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
@@ -94,7 +107,7 @@ def absolutize(raw: dict[str, Any], cwd: str) -> dict[str, Any]:
 def trial_config(ctx: TrialContext, config: dict[str, Any]) -> tuple[Any, dict[str, str]]:
     overrides, labels = split_trial_config(config)
     raw = compose(ctx.base, overrides)
-    raw.setdefault("runtime", {})["progress"] = False
+    raw.setdefault("runtime", {}).setdefault("progress", False)  # quiet trials unless the spec asks
     if labels:
         raw["tags"] = {**raw.get("tags", {}), **labels}
     return validate_config(absolutize(raw, ctx.cwd), f"trial {overrides}"), labels
@@ -147,7 +160,8 @@ def trial_metrics(runner, result) -> dict[str, float]:
     from pace import metrics
 
     t = result.index
-    out: dict[str, Any] = {**result.metrics(), "session": t, "sessions_total": len(runner.scenario.sessions)}
+    out: dict[str, Any] = {**result.metrics(), "session": t, SESSIONS_DONE: t + 1,
+                           "sessions_total": len(runner.scenario.sessions)}
     out.update(metrics.summary(runner.matrix, runner.test_sizes()[: t + 1]))
     out.update(val_summary(runner))
     return {k: float(v) for k, v in out.items()
@@ -195,16 +209,21 @@ class TuneReporter:
 
 
 class FaultInjector:
-    """Test-only: sleep after each session, and raise once per study after a given session.
+    """Test-only: sleep after each session, raise once per study after a given session, or park.
 
     It sits between the MLflow and Tune reporters, so the failed session is logged to MLflow but not
-    checkpointed in Tune: the retry recomputes it and must not log the step twice.
+    checkpointed in Tune: the retry recomputes it and must not log the step twice. Each entry of
+    ``blocks`` ({"trial": name prefix, "after": session, "marker": path, "release": path}) parks the
+    trial after that session, logged but not yet reported, until ``release`` exists: a test then
+    interrupts the study at a known point instead of racing it.
     """
 
-    def __init__(self, faults: dict[str, Any]):
+    def __init__(self, faults: dict[str, Any], trial_name: str = ""):
         self.fail_after = faults.get("fail_after_session")
         self.marker = faults.get("marker")
         self.delay = float(faults.get("session_delay_s", 0.0))
+        self.blocks = list(faults.get("blocks", []))
+        self.trial_name = trial_name
 
     def on_start(self, runner) -> None: ...
 
@@ -213,6 +232,11 @@ class FaultInjector:
             time.sleep(self.delay)
         if self.fail_after == result.index + 1 and self.marker and _claim(self.marker):
             raise RuntimeError(f"injected test fault after session {result.index + 1}")
+        for b in self.blocks:
+            if b["after"] == result.index + 1 and self.trial_name.startswith(b.get("trial", "")) \
+                    and _claim(b["marker"]):
+                while not os.path.exists(b["release"]):
+                    time.sleep(0.05)
 
     def on_end(self, runner, final) -> None: ...
 
@@ -238,8 +262,52 @@ class ActorSink:
         return lambda *a, **kw: ray.get(method.remote(*a, **kw))
 
 
+def _complete(ckpt_dir: Path) -> bool:
+    """A checkpoint folder whose runner checkpoint is a whole zip (torch.save's format) and whose
+    tracking file parses: a folder cut off mid-copy fails one or the other."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(ckpt_dir / RUNNER_CHECKPOINT) as z:
+            if z.testzip() is not None:
+                return False
+        if (ckpt_dir / TRACKING_FILE).is_file():
+            json.loads((ckpt_dir / TRACKING_FILE).read_text())
+        return True
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False
+
+
+def newest_checkpoint(trial_dir: Path) -> Path | None:
+    """The trial's newest complete checkpoint folder on disk. Tune's saved experiment state may name
+    an older one (it is written every few seconds, the checkpoints at every report)."""
+    found = [p for p in trial_dir.glob("checkpoint_*") if p.is_dir() and p.name[11:].isdigit()]
+    for p in sorted(found, key=lambda p: int(p.name[11:]), reverse=True):
+        if _complete(p):
+            return p
+    return None
+
+
+def _stopped_before(ctx: TrialContext, trial_id: str) -> bool:
+    if not ctx.exp_path or "://" in ctx.exp_path:
+        return False
+    from pace.schedulers import JOURNAL_FILE, read_decisions
+
+    return "STOP" in read_decisions(f"{ctx.exp_path}/{JOURNAL_FILE}").get(trial_id, {}).values()
+
+
+def work_dir(instance: str, trial_id: str) -> Path:
+    return Path(tempfile.gettempdir()) / WORK_ROOT / instance / trial_id
+
+
+def remove_work_dirs(instance: str) -> None:
+    """Remove this study instance's trial work folders on this node (whatever a kill left behind)."""
+    if instance:
+        shutil.rmtree(Path(tempfile.gettempdir()) / WORK_ROOT / instance, ignore_errors=True)
+
+
 def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
-    """The Tune function trainable: one CL run, resumed from the trial's last Tune checkpoint."""
+    """The Tune function trainable: one CL run, resumed from the trial's newest checkpoint."""
     import logging
 
     import torch
@@ -250,35 +318,44 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
 
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # "Checkpoint successfully created" per session
 
+    tc = tune.get_context()
+    if _stopped_before(ctx, tc.get_trial_id()):
+        return  # ASHA stopped it before an interruption that Tune's saved state missed: same decision
     cfg, labels = trial_config(ctx, config)
     if cfg.runtime.num_threads is None:  # concurrent trials must not each take every core
         torch.set_num_threads(max(1, int(ctx.cpus_per_trial)))
-    tc = tune.get_context()
     # Work outside the trial folder: Tune syncs that folder while the runner renames temp files in it.
     # The finished outputs are copied there at the end (and synced to storage with the trial).
-    out = Path(tempfile.gettempdir()) / "pace-trials" / tc.get_trial_id()
+    out = work_dir(ctx.instance, tc.get_trial_id())
     out.mkdir(parents=True, exist_ok=True)
-    # Tune's checkpoint is the truth: a local checkpoint.pt may be ahead of it (killed before report)
+    # A checkpoint folder is the truth: a local checkpoint.pt may be ahead of it (killed before report)
     (out / CHECKPOINT).unlink(missing_ok=True)
     run_id = None
+    # the trial's folder in storage (where Tune persists its checkpoints; shared on a cluster)
+    stored = Path(ctx.exp_path) / Path(tc.get_trial_dir()).name
+    src = newest_checkpoint(stored) if ctx.exp_path and "://" not in ctx.exp_path else None
     ckpt = tune.get_checkpoint()
-    if ckpt is not None:
+    if src is None and ckpt is not None:  # storage not on a local/shared path: Tune's own
         with ckpt.as_directory() as d:
-            shutil.copy2(Path(d) / CHECKPOINT, out / CHECKPOINT)
-            if (Path(d) / TRACKING_FILE).is_file():
-                run_id = json.loads((Path(d) / TRACKING_FILE).read_text()).get("run_id")
+            shutil.copytree(d, out / "_restore", dirs_exist_ok=True)
+        src = out / "_restore"
+    if src is not None:
+        shutil.copy2(src / CHECKPOINT, out / CHECKPOINT)
+        if (src / TRACKING_FILE).is_file():
+            run_id = json.loads((src / TRACKING_FILE).read_text()).get("run_id")
+        shutil.rmtree(out / "_restore", ignore_errors=True)
 
     tracker = None
     if ctx.sink is not None:
         tracker = MlflowReporter(ActorSink(ctx.sink), ctx.experiment_id, ctx.parent_run_id,
                                  tc.get_trial_id(), tc.get_trial_name(), labels, run_id,
-                                 extra_final=val_summary)
+                                 extra_final=val_summary, extra_tags=ctx.tags)
     def save_outputs() -> None:
         shutil.copytree(out, Path(tc.get_trial_dir()) / "run", dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns(CHECKPOINT, "*.tmp"))
 
-    reporters = [r for r in (tracker, FaultInjector(ctx.faults) if ctx.faults else None,
-                             TuneReporter(tracker, before_final=save_outputs)) if r is not None]
+    faults = FaultInjector(ctx.faults, tc.get_trial_name()) if ctx.faults else None
+    reporters = [r for r in (tracker, faults, TuneReporter(tracker, before_final=save_outputs)) if r is not None]
     runner = Runner(cfg, out, reporters)
     runner.prepare()
     runner.analysis_hooks.append(ValidationHook())
@@ -288,7 +365,7 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         if tracker is not None:
             tracker.fail("FAILED")  # a retry sets it RUNNING again and continues the same run
         raise
-    finally:  # also when the scheduler stops the trial; a retry starts from Tune's checkpoint anyway
+    finally:  # also when the scheduler stops the trial; a retry starts from its checkpoint anyway
         shutil.rmtree(out, ignore_errors=True)
 
 
@@ -310,7 +387,7 @@ def trial_name(trial) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]", "_", "-".join(parts))[:120]
 
 
-def _progress_callback():
+def _progress_callback(max_failures: int = 0):
     """One line per trial event instead of Tune's boxed tables (defined lazily: importing
     ray.tune at module import would slow every ``pace`` command)."""
     from ray import tune
@@ -328,10 +405,35 @@ def _progress_callback():
         def on_trial_complete(self, iteration, trials, trial, **info):
             print(f"[{trial}] done", flush=True)
 
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            allowed = "unlimited" if max_failures < 0 else str(max_failures)
+            print(f"[{trial}] error; retrying from its last checkpoint (failure {trial.num_failures}, "
+                  f"max_failures {allowed})", flush=True)
+
         def on_trial_error(self, iteration, trials, trial, **info):
-            print(f"[{trial}] error (Tune retries it from its last session if max_failures allows)", flush=True)
+            where = getattr(trial, "error_file", None)
+            print(f"[{trial}] failed; no retries left (max_failures {max_failures})"
+                  + (f"; error in {where}" if where else ""), flush=True)
 
     return Progress()
+
+
+def _driver_faults() -> list:
+    """Test-only: ``freeze_driver`` ({"when": path, "frozen": path}) parks the driver's Tune loop
+    between steps once ``when`` exists, so a test kills it at a known point, not mid-write."""
+    faults = json.loads(os.environ[FAULTS_ENV]) if os.environ.get(FAULTS_ENV) else {}
+    freeze = faults.get("freeze_driver")
+    if not freeze:
+        return []
+    from ray import tune
+
+    class Freeze(tune.Callback):
+        def on_step_begin(self, iteration, trials, **info):
+            if os.path.exists(freeze["when"]) and _claim(freeze["frozen"]):
+                while True:
+                    time.sleep(1)
+
+    return [Freeze()]
 
 
 def _storage_root(spec_storage: str | None, cli_storage: str | None, cwd: str) -> str:
@@ -359,6 +461,17 @@ def _write_file(exp_path: str, name: str, text: str) -> None:
         f.write(text.encode())
 
 
+def _quiet_ray() -> None:
+    """Ray's output that says nothing about the study: Tune's boxed header and TensorBoard hint (the
+    legacy output engine honours verbose=0), "operation took 0.5 s" lines (threshold read when
+    ray.tune is imported), and the token-auth notice of a local cluster pace starts and stops itself."""
+    import logging
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_WARN_THRESHOLD_S", "10")
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+
+
 def _ensure_ray(address: str | None) -> bool:
     """Start local Ray (all cores, no dashboard) or connect to ``address``; True if we started it."""
     import ray
@@ -366,27 +479,34 @@ def _ensure_ray(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     if address:
-        ray.init(address=address)
+        try:
+            ray.init(address=address)
+        except (ConnectionError, RuntimeError, ray.exceptions.RayError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            hint = "" if os.environ.get("RAY_AUTH_MODE", "").lower() == "token" else (
+                "; if the cluster uses token authentication, set RAY_AUTH_MODE=token and give its token "
+                "(RAY_AUTH_TOKEN, or the file ~/.ray/auth_token or RAY_AUTH_TOKEN_PATH)")
+            raise SpecError(f"--address {address}: cannot connect to the Ray cluster ({first[:300]}){hint}") from None
     else:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         ray.init(num_cpus=cpus, include_dashboard=False)
     return True
 
 
-def _sink_actor(uri: str):
+def _sink_actor(uri: str, journal: str):
     """The MLflow sink as an actor pinned to this (the driver's) node: a server bound to 127.0.0.1
     here is reachable, and an SQLite store gets one writer."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from pace.tracking import MlflowSink
+    from pace.journal import JournaledSink
 
     node = ray.get_runtime_context().get_node_id()
     # Not awaited: it starts (seconds: importing mlflow) while Tune starts; the driver's own sink has
     # already opened the same URI, so a bad URI has failed by now.
-    return ray.remote(MlflowSink).options(
+    return ray.remote(JournaledSink).options(
         num_cpus=0, max_concurrency=1,
-        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node, soft=False)).remote(uri)
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node, soft=False)).remote(uri, journal)
 
 
 @dataclass
@@ -414,9 +534,9 @@ class StudyResult:
 
 def _load(kind: str, path: str) -> tuple[SweepSpec | AblationSpec, dict[str, Any], str, list | None]:
     if kind == "sweep":
-        spec, base, note = load_sweep_spec(path)
+        spec, base, note = load_sweep_spec(path, check_data=True)
         return spec, base, note, None
-    spec, base, note, trials = load_ablation_spec(path)
+    spec, base, note, trials = load_ablation_spec(path, check_data=True)
     return spec, base, note, trials
 
 
@@ -428,9 +548,9 @@ def _num_sessions(spec, base: dict[str, Any]) -> int:
     return n
 
 
-def _build_tuner(kind: str, spec, base: dict[str, Any], trials: list | None, trainable, exp_root: str):
+def _build_tuner(kind: str, spec, base: dict[str, Any], trials: list | None, trainable, exp_root: str,
+                 exp_path: str):
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
     search_alg, param_space, num_samples, scheduler = None, {}, 1, None
     if kind == "ablation":
@@ -450,8 +570,10 @@ def _build_tuner(kind: str, spec, base: dict[str, Any], trials: list | None, tra
                                   mode=spec.mode, sampler=sampler)
         num_samples = spec.samples
     if kind == "sweep" and spec.scheduler is not None:
-        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=_num_sessions(spec, base),
-                                  grace_period=spec.scheduler.grace_period,
+        from pace.schedulers import JOURNAL_FILE, JournaledASHA
+
+        scheduler = JournaledASHA(f"{exp_path}/{JOURNAL_FILE}", time_attr=SESSIONS_DONE,
+                                  max_t=_num_sessions(spec, base), grace_period=spec.scheduler.grace_period,
                                   reduction_factor=spec.scheduler.reduction_factor)
     return tune.Tuner(
         trainable, param_space=param_space,
@@ -463,28 +585,42 @@ def _build_tuner(kind: str, spec, base: dict[str, Any], trials: list | None, tra
             name=spec.name, storage_path=exp_root,
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            sync_config=tune.SyncConfig(sync_artifacts=True), verbose=0, callbacks=[_progress_callback()]))
+            sync_config=tune.SyncConfig(sync_artifacts=True), verbose=0,
+            callbacks=[_progress_callback(spec.max_failures), *_driver_faults()]))
 
 
 def run_study(kind: str, path: str, opts: StudyOptions | None = None, out=None) -> StudyResult:
     """Run (or ``opts.resume``) the sweep/ablation in spec file ``path``; prints a summary."""
     out = out or (lambda s: print(s, flush=True))
     opts = opts or StudyOptions()
+    _quiet_ray()
     cwd = os.getcwd()
     spec, base, note, trials = _load(kind, path)  # every spec error surfaces here, before Ray starts
     updates = {k: v for k, v in (("max_concurrent", opts.max_concurrent), ("track", opts.track)) if v is not None}
     if kind == "sweep" and opts.num_samples is not None:
         updates["num_samples"] = opts.num_samples
+    _check_options(opts)
     spec = spec.model_copy(update=updates)
     exp_root = _storage_root(spec.storage_path, opts.storage, cwd)
     exp_path = f"{exp_root}/{spec.name}"
+    if getattr(spec, "scheduler", None) is not None and "://" in exp_root:
+        raise SpecError(f"scheduler: asha journals its decisions in the experiment folder for --resume; "
+                        f"storage {exp_root!r} is not a local or shared path")
 
     state = _read_state(exp_path)
+    old_state = None
     if opts.resume:
         from ray import tune
 
         if state is None or state.get("kind") != kind or not tune.Tuner.can_restore(exp_path):
             raise SpecError(f"nothing to resume at {exp_path}; run `pace {kind} {path}` without --resume")
+        damaged = _damaged_tune_state(exp_path)
+        if damaged:
+            raise SpecError(f"{damaged}: Tune's saved state was cut off mid-write (the driver was killed while "
+                            "saving it), so Tune would silently start over; start over with --fresh")
+        if (state.get("spec") or {}).get("scheduler") and not state.get("scheduler_journal"):
+            raise SpecError(f"{exp_path}: this study's ASHA scheduler was started by an older pace that did not "
+                            "journal its decisions, so a resume would decide differently; start over with --fresh")
         base = state["base"]  # as resolved when the study started (backbone choice included)
         spec = spec.model_copy(update={"objective": state["objective"], "mode": state["mode"]})
         if updates:
@@ -494,13 +630,18 @@ def run_study(kind: str, path: str, opts: StudyOptions | None = None, out=None) 
         if not opts.fresh:
             raise SpecError(f"{exp_path} already holds a {kind} named {spec.name!r}: pass --resume to continue "
                             "it, --fresh to start over, or change 'name'")
-        shutil.rmtree(exp_path, ignore_errors=True)
-        state = None
+        old_state, state = state or {}, None
     out(f"{kind} {spec.name}: {note}")
 
+    if state["track"] if state else spec.track:
+        from pace.tracking import check_reachable, normalize_uri
+
+        check_reachable(normalize_uri(opts.tracking_uri or (state or {}).get("tracking_uri") or spec.tracking_uri,
+                                      cwd))  # seconds, before Ray starts
     started_ray = _ensure_ray(opts.address)
     try:
-        return _run(kind, path, spec, base, note, trials, state, exp_root, exp_path, cwd, opts, out)
+        _check_resources(spec, out, can_grow=bool(opts.address))
+        return _run(kind, path, spec, base, note, trials, state, exp_root, exp_path, cwd, opts, out, old_state)
     finally:
         if started_ray:
             import ray
@@ -508,16 +649,81 @@ def run_study(kind: str, path: str, opts: StudyOptions | None = None, out=None) 
             ray.shutdown()
 
 
-def _run(kind, path, spec, base, note, trials, state, exp_root, exp_path, cwd, opts, out) -> StudyResult:
+def _damaged_tune_state(exp_path: str) -> str | None:
+    """The newest experiment state or searcher state file that does not load, if any (local storage)."""
+    import glob
+
+    if "://" in exp_path:
+        return None
+    for pattern, load in (("experiment_state-*.json", lambda b: json.loads(b)),
+                          ("searcher-state-*.pkl", lambda b: __import__("pickle").loads(b))):
+        files = sorted(glob.glob(os.path.join(exp_path, pattern)))
+        if files:
+            try:
+                with open(files[-1], "rb") as f:
+                    load(f.read())
+            except Exception:  # noqa: BLE001 - any failure to load is damage
+                return files[-1]
+    return None
+
+
+def _check_options(opts: StudyOptions) -> None:
+    """Command-line numbers, checked before anything starts (pydantic checks the spec's own)."""
+    for name in ("num_samples", "max_concurrent"):
+        value = getattr(opts, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise SpecError(f"--{name.replace('_', '-')}: expected an integer >= 1, got {value!r}")
+    if opts.resume and opts.fresh:
+        raise SpecError("--resume and --fresh contradict each other; pass one")
+
+
+def _check_resources(spec, out, can_grow: bool = False) -> None:
+    """A trial asking for more of a resource than any node has would wait forever: say so now. On a
+    cluster (``--address``) an autoscaler may still add such a node: a note, not an error."""
+    import ray
+
+    need = {"CPU": spec.resources.cpu, "GPU": spec.resources.gpu}
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    for key, amount in need.items():
+        if amount and not any(r.get(key, 0) >= amount for r in nodes):
+            best = max((r.get(key, 0) for r in nodes), default=0)
+            if can_grow:
+                out(f"note: each trial asks for {amount:g} {key} and no node has that many now (largest: "
+                    f"{best:g}); trials wait until the autoscaler adds such a node")
+                continue
+            raise SpecError(f"resources.{key.lower()}: each trial asks for {amount:g} {key}, but no node of the "
+                            f"Ray cluster has that many (largest: {best:g}); lower resources.{key.lower()} "
+                            "in the spec or add such a node")
+
+
+def _run(kind, path, spec, base, note, trials, state, exp_root, exp_path, cwd, opts, out,
+         old_state=None) -> StudyResult:
     from ray import tune
 
     from pace.provenance import git_commit
-    from pace.tracking import MlflowSink, normalize_uri, ui_command
+    from pace.tracking import MlflowSink, check_reachable, normalize_uri, ui_command
+
+    import uuid
 
     track = state["track"] if state else spec.track
     uri = exp_id = parent = sink = actor = None
+    # One id per study instance: kept by --resume, new after --fresh (reports tell instances apart)
+    instance = (state or {}).get("instance") or uuid.uuid4().hex[:12]
+    instance_tag = {INSTANCE_TAG: instance}
     if track:
+        from pace.journal import journal_folder, pending_journals, sync
+
         uri = normalize_uri(opts.tracking_uri or (state or {}).get("tracking_uri") or spec.tracking_uri, cwd)
+        check_reachable(uri)  # seconds, not MLflow's minutes of retries
+        # writes earlier studies here could not send (server down when they ended) go first
+        earlier = [j for j in pending_journals([exp_root]) if j.uri == uri]
+        if earlier:
+            sync(earlier, 30, out)
+        if old_state is not None:  # --fresh: never drop writes the old instance could not send yet
+            if pending_journals([exp_path]):
+                raise SpecError(f"{exp_path} holds tracking writes not sent yet; run `pace tracking sync "
+                                f"{exp_path}` once their server answers, then --fresh")
+            shutil.rmtree(exp_path, ignore_errors=True)
         sink = MlflowSink(uri)  # the driver creates DB, experiment and parent before any trial writes
         if state:
             exp_id, parent = state["experiment_id"], state["parent_run_id"]
@@ -531,19 +737,29 @@ def _run(kind, path, spec, base, note, trials, state, exp_root, exp_path, cwd, o
             else:
                 params.update(num_trials=len(trials))
             tags = {"pace.kind": kind, "pace.role": "study", "git_commit": git_commit(),
-                    "backbone": str(get_dotted(base, "backbone.name")), "pace.backbone_choice": note}
+                    "backbone": str(get_dotted(base, "backbone.name")), "pace.backbone_choice": note,
+                    **instance_tag}
             parent = sink.start_parent(exp_id, spec.name, tags, params)
-        actor = _sink_actor(uri)
+            old_parent = (old_state or {}).get("parent_run_id")
+            if old_parent and (old_state or {}).get("tracking_uri") == uri:
+                _archive(sink, old_parent, out)
+        journal = journal_folder(exp_path, cwd, spec.name)
+        actor = _sink_actor(uri, str(journal))
 
-    if not state:
-        state = {"kind": kind, "name": spec.name, "base": base, "track": bool(track), "tracking_uri": uri,
-                 "experiment_id": exp_id, "parent_run_id": parent, "objective": spec.objective,
-                 "mode": spec.mode, "spec": spec.model_dump(mode="json"), "created": time.time()}
+    if old_state is not None and not track:
+        shutil.rmtree(exp_path, ignore_errors=True)  # --fresh, once nothing else can refuse
+    if not state or "instance" not in state:
+        state = state or {"kind": kind, "name": spec.name, "base": base, "track": bool(track), "tracking_uri": uri,
+                          "experiment_id": exp_id, "parent_run_id": parent, "objective": spec.objective,
+                          "mode": spec.mode, "spec": spec.model_dump(mode="json"), "created": time.time(),
+                          "scheduler_journal": True}
+        state["instance"] = instance
         _write_file(exp_path, STATE_FILE, json.dumps(state, indent=1))
 
     faults = json.loads(os.environ[FAULTS_ENV]) if os.environ.get(FAULTS_ENV) else {}
     ctx = TrialContext(base=base, cwd=cwd, experiment_id=exp_id, parent_run_id=parent, sink=actor,
-                       cpus_per_trial=spec.resources.cpu, faults=faults)
+                       cpus_per_trial=spec.resources.cpu, faults=faults, instance=instance, tags=instance_tag,
+                       exp_path=exp_path)
     trainable = tune.with_resources(tune.with_parameters(train_trial, ctx=ctx),
                                     {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     # fast trials + num_to_keep force frequent state snapshots; Tune's warning about it is noise here
@@ -552,33 +768,47 @@ def _run(kind, path, spec, base, note, trials, state, exp_root, exp_path, cwd, o
     if opts.resume:
         tuner = tune.Tuner.restore(exp_path, trainable, resume_unfinished=True, resume_errored=True)
     else:
-        tuner = _build_tuner(kind, spec, base, trials, trainable, exp_root)
+        tuner = _build_tuner(kind, spec, base, trials, trainable, exp_root, exp_path)
 
     outcomes: dict[str, tuple[str, dict]] = {}
     outcome = "KILLED"
+    unsent = 0
+    ending = ActorSink(actor) if actor is not None else None  # the end goes through the journal too
     try:
         tuner.fit()
         rows, outcomes, interrupted = _collect(exp_path, spec.objective)
+        if interrupted:
+            rows += _not_started(rows, kind, spec, base, trials)
         num_errors = sum(r["status"] == "failed" for r in rows)
         outcome = "KILLED" if interrupted else ("FAILED" if num_errors else "FINISHED")
-        if sink is not None:
-            _finish_parent(sink, parent, rows, spec)
+        if ending is not None and not interrupted:
+            _finish_parent(ending, parent, rows, spec)
     except BaseException as exc:
-        if sink is not None:  # whatever still runs was cut off with the driver
-            sink.close_sweep(exp_id, parent, {}, "FAILED" if isinstance(exc, Exception) else "KILLED")
-            sink = None
+        if ending is not None:  # whatever still runs was cut off with the driver
+            ending.close_sweep(exp_id, parent, {}, "FAILED" if isinstance(exc, Exception) else "KILLED")
+            ending = None
         raise
     finally:
-        if sink is not None:
-            sink.close_sweep(exp_id, parent, outcomes, outcome)
+        if ending is not None:
+            ending.close_sweep(exp_id, parent, outcomes, outcome)
         if actor is not None:
             import ray
 
-            ray.kill(actor)
+            try:
+                from pace.journal import FLUSH_DEFAULT_S, FLUSH_ENV
+
+                unsent = ray.get(actor.flush.remote(float(os.environ.get(FLUSH_ENV, FLUSH_DEFAULT_S))))
+            finally:
+                ray.kill(actor)
+        _remove_work_dirs_everywhere(instance)
 
     _write_file(exp_path, SUMMARY_FILE, _csv(rows))
     out("")
     out(summary_table(rows, kind, spec.objective))
+    if kind == "sweep":
+        from pace.reporting import best_trial_line
+
+        out(best_trial_line(rows, spec.objective, spec.mode, _describe))
     if kind == "ablation":
         agg = aggregate_table(rows)
         if agg:
@@ -588,6 +818,9 @@ def _run(kind, path, spec, base, note, trials, state, exp_root, exp_path, cwd, o
         out(f"interrupted: continue with `pace {'ablate' if kind == 'ablation' else kind} {path} --resume`")
     if track:
         out(f"MLflow: experiment {spec.name!r} at {uri}\n  open the UI with: {ui_command(uri)}")
+        if unsent:
+            out(f"tracking: {uri} did not answer; {unsent} writes are kept in {journal} and sent by the next "
+                f"`pace sweep`/`pace ablate` here that reaches it, or now with `pace tracking sync {exp_path}`")
     return StudyResult(exp_path, uri, exp_id, parent, rows, interrupted, num_errors)
 
 
@@ -625,6 +858,54 @@ def _collect(exp_path: str, objective: str) -> tuple[list[dict[str, Any]], dict[
             "forgetting": m.get("forgetting"), "objective": m.get(objective), "path": trial.path})
     rows.sort(key=lambda r: r["trial"])
     return rows, outcomes, interrupted
+
+
+def _archive(sink, old_parent: str, out) -> None:
+    """--fresh: the earlier instance's parent run stays, marked archived (its children keep their
+    pace.study_instance tag, so reports can tell the instances apart)."""
+    try:
+        sink.set_tags(old_parent, {ARCHIVED_TAG: "true"})
+    except Exception as exc:  # deleted by hand, or another store: nothing to mark
+        out(f"note: could not mark the earlier parent run {old_parent} archived ({type(exc).__name__})")
+
+
+def _remove_work_dirs_everywhere(instance: str) -> None:
+    """Trial work folders of this instance on every live node (a killed trial never removes its own)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    remove_work_dirs(instance)
+    try:
+        task = ray.remote(remove_work_dirs).options(num_cpus=0)
+        refs = [task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                .remote(instance) for n in ray.nodes() if n.get("Alive")]
+        ray.wait(refs, num_returns=len(refs), timeout=30)
+    except Exception:  # Ray already going down (Ctrl-C twice): the local folder is gone at least
+        pass
+
+
+def _not_started(rows: list[dict[str, Any]], kind: str, spec, base: dict[str, Any], trials: list | None
+                 ) -> list[dict[str, Any]]:
+    """Rows for the trials an interrupted study had not created yet, so its summary lists all."""
+    if kind == "ablation":
+        expected = [({}, t["labels"]) for t in trials]
+    elif spec.searcher.type == "grid":
+        expected = [(g, {}) for g in SearchSpace(spec.search, base).grid()] * spec.samples
+    else:
+        expected = [({}, {})] * spec.samples
+    seen = [json.dumps([r["labels"], r["params"] if kind != "ablation" else {}], sort_keys=True) for r in rows]
+    missing = []
+    for params, labels in expected:
+        key = json.dumps([labels, params], sort_keys=True)
+        if key in seen:
+            seen.remove(key)
+        elif params or labels or len(missing) + len(rows) < len(expected):
+            missing.append((params, labels))
+    if kind != "ablation" and spec.searcher.type != "grid":
+        missing = missing[: max(0, spec.samples - len(rows))]
+    return [{"trial": "-", "trial_id": "", "status": "not started", "labels": labels, "params": params,
+             "sessions": "0/?", "last_accuracy": None, "average_incremental_accuracy": None, "forgetting": None,
+             "objective": None, "path": ""} for params, labels in missing]
 
 
 def _describe(row: dict[str, Any]) -> str:
@@ -686,14 +967,15 @@ def _csv(rows: list[dict[str, Any]]) -> str:
 
 
 def _finish_parent(sink, parent: str, rows: list[dict[str, Any]], spec) -> None:
-    """Best objective, the summary and the spec on the parent run."""
-    scored = [r for r in rows if r["objective"] is not None]
-    if scored:
-        best = (max if spec.mode == "max" else min)(scored, key=lambda r: r["objective"])
-        sink.log_session(parent, 0, {f"best_{spec.objective}": best["objective"]})
-        sink.set_tags(parent, {"pace.best_trial": best["trial"]})
-    sink.log_files(parent, {SUMMARY_FILE: _csv(rows).encode(),
-                            "spec.yaml": yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False).encode()})
+    """Best objective, the summary and the spec on the parent run, once per study: the best comes
+    from finished trials only (not from one cut off or stopped early), and a study whose parent
+    already holds it (finished before, then resumed) does not log it again (``sink.summary``)."""
+    scored = [r for r in rows if r["objective"] is not None and r["status"] == "finished"]
+    best = (max if spec.mode == "max" else min)(scored, key=lambda r: r["objective"]) if scored else None
+    files = {SUMMARY_FILE: _csv(rows).encode(),
+             "spec.yaml": yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False).encode()}
+    sink.summary(parent, f"best_{spec.objective}" if best else None, best["objective"] if best else None,
+                 {"pace.best_trial": best["trial"]} if best else {}, files)
 
 
 # ---------------------------------------------------------------------------------------------

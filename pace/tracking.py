@@ -61,6 +61,34 @@ def normalize_uri(uri: str | None, cwd: str | Path | None = None) -> str:
     return uri
 
 
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail within seconds when a tracking server does not answer (MLflow's client would retry for
+    minutes); an SQLite store needs a folder it can write."""
+    from pace.config import ConfigError
+
+    db = sqlite_path(uri)
+    if db is not None:
+        folder = next((p for p in [db.parent, *db.parents] if p.exists()), None)
+        if folder is None or not os.access(folder, os.W_OK):
+            raise ConfigError(f"tracking URI {uri}: cannot create or write {db} (folder not writable); "
+                              "pass another --tracking-uri or --no-tracking")
+        return
+    if not uri.startswith(("http://", "https://")):
+        return  # databricks and other stores: MLflow checks them
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s):
+            pass
+    except urllib.error.HTTPError:
+        return  # it answered (a proxy or an auth layer may refuse /health)
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ConfigError(f"tracking server {uri} is unreachable ({reason}); start it (mlflow server "
+                          "--host 127.0.0.1 --port PORT), pass another --tracking-uri, or --no-tracking") from None
+
+
 def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
 
@@ -69,6 +97,28 @@ def ui_command(uri: str) -> str:
     if sqlite_path(uri) is not None:
         return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
     return f"open {uri} in a browser (the tracking server serves the UI)"
+
+
+def open_client(uri: str):
+    """An MlflowClient whose store exists. Creating or migrating an SQLite store is not safe when two
+    processes do it at once (``table ... already exists``), so it happens under a file lock next to
+    the database; the first query inside the lock makes MLflow create or upgrade the schema."""
+    import fcntl
+
+    from mlflow.tracking import MlflowClient
+
+    db = sqlite_path(uri)
+    if db is None:
+        return MlflowClient(tracking_uri=uri)
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            client = MlflowClient(tracking_uri=uri)
+            client.search_experiments(max_results=1)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return client
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,10 +168,8 @@ class MlflowSink:
     """Writes to one tracking store. Stateless apart from the client, so it can live in an actor."""
 
     def __init__(self, tracking_uri: str):
-        from mlflow.tracking import MlflowClient
-
         self.uri = tracking_uri
-        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.client = open_client(tracking_uri)
 
     # -- experiment and parent run (driver)
     def experiment(self, name: str) -> str:
@@ -194,6 +242,18 @@ class MlflowSink:
             self.client.set_tag(run_id, k, v)
         self.client.set_terminated(run_id, status)
 
+    def run_metrics(self, run_id: str) -> dict[str, float]:
+        return dict(self.client.get_run(run_id).data.metrics)
+
+    def summary(self, parent_run_id: str, key: str | None, value: float | None, tags: dict[str, str],
+                files: dict[str, bytes]) -> None:
+        """A study's summary on its parent run: ``key`` is logged once (a resumed study that ends
+        again does not log a second value), tags and files are overwritten."""
+        if key and value is not None and key not in self.run_metrics(parent_run_id):
+            self.log_session(parent_run_id, 0, {key: value})
+        self.set_tags(parent_run_id, tags)
+        self.log_files(parent_run_id, files)
+
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         for k, v in tags.items():
             self.client.set_tag(run_id, k, v)
@@ -248,7 +308,7 @@ class MlflowReporter:
 
     def __init__(self, sink: Any, experiment_id: str, parent_run_id: str, trial_id: str, run_name: str,
                  labels: dict[str, str] | None = None, run_id: str | None = None,
-                 extra_final: Any = None):
+                 extra_final: Any = None, extra_tags: dict[str, str] | None = None):
         self.sink = sink
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
@@ -259,6 +319,8 @@ class MlflowReporter:
         self.logged: set[int] = set()
         #: callable(runner) -> extra final metrics (e.g. the validation objective)
         self.extra_final = extra_final
+        #: tags beyond the config's (the study instance id)
+        self.extra_tags = dict(extra_tags or {})
 
     def on_start(self, runner) -> None:
         from pace.provenance import git_commit
@@ -266,7 +328,7 @@ class MlflowReporter:
         cfg = runner.cfg.to_dict()
         self.run_id, steps = self.sink.open_trial_run(
             self.experiment_id, self.parent_run_id, self.trial_id, self.run_name,
-            run_tags(cfg, self.labels, git_commit()), flatten(cfg), self.run_id)
+            {**run_tags(cfg, self.labels, git_commit()), **self.extra_tags}, flatten(cfg), self.run_id)
         self.logged = set(steps)
 
     def on_session(self, runner, result) -> None:

@@ -24,7 +24,10 @@ from pace.specs import SearchSpace, compose, load_sweep_spec
 from pace.sweep import FAULTS_ENV, StudyOptions, ValidationHook, run_study, split_trial_config
 
 pytestmark = pytest.mark.ray
-REPO = Path(__file__).resolve().parents[1]
+import pace  # noqa: E402
+
+#: the pace under test: driver subprocesses import the same one
+REPO = Path(pace.__file__).resolve().parents[1]
 
 BASE = {
     "name": "t",
@@ -268,39 +271,78 @@ def _checkpointed(exp: Path) -> set[str]:
         return set()
 
 
+def _kill_frozen(proc, exp: Path, frozen: Path) -> None:
+    """SIGKILL the driver once it is parked between Tune steps and its saved state has reached the
+    experiment folder whole (Tune uploads it in the background): a kill, not a torn file."""
+    from pace.sweep import _damaged_tune_state
+
+    try:
+        _wait(frozen, proc)
+        while _damaged_tune_state(str(exp)) or not list(exp.glob("experiment_state-*.json")):
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+
+def _wait(marker: Path, proc) -> None:
+    """Until a parked trial has written its marker (the driver must still be alive)."""
+    while not marker.exists():
+        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+        time.sleep(0.1)
+
+
 def test_resume_after_killed_driver(ray_address, store, tmp_path):
-    """SIGKILL the `pace sweep` driver after the first trial reported, then --resume: every trial
-    finishes once, runs continue (no duplicate steps, no RUNNING left), results equal fresh runs."""
+    """SIGKILL the `pace sweep` driver while Tune's saved experiment state names an older checkpoint
+    of the first trial than the one on disk, then --resume: it goes on from its newest checkpoint (no session
+    recomputed), every trial finishes once, runs continue (no duplicate steps, no RUNNING left), and
+    the results equal fresh runs."""
     spec = _sweep_spec(tmp_path, "resume", store, num_samples=3, max_concurrent=1,
                        search={"method.lr": {"type": "log", "low": 1e-3, "high": 0.3}})
     path = _write(tmp_path / "r.yaml", spec)
-    # TUNE_GLOBAL_CHECKPOINT_S=0: Tune saves its experiment state at every step, so the state on
-    # disk soon records the first trial checkpoint (a SIGKILL loses whatever it had not saved yet)
-    env = {**os.environ, FAULTS_ENV: json.dumps({"session_delay_s": 0.5}), "PYTHONPATH": str(REPO),
-           "TUNE_GLOBAL_CHECKPOINT_S": "0"}
+    m1, r1, m2 = tmp_path / "parked-1", tmp_path / "release-1", tmp_path / "parked-2"
+    blocks = [{"after": 2, "marker": str(m1), "release": str(r1)},  # the first trial, twice
+              {"after": 3, "marker": str(m2), "release": str(tmp_path / "never")}]
+    frozen = tmp_path / "frozen"
+    # TUNE_GLOBAL_CHECKPOINT_S=0: Tune saves its experiment state at every step
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TUNE_GLOBAL_CHECKPOINT_S": "0",
+           FAULTS_ENV: json.dumps({"blocks": blocks, "freeze_driver": {"when": str(m2), "frozen": str(frozen)}})}
     proc = subprocess.Popen([sys.executable, "-m", "pace.cli", "sweep", str(path), "--address", ray_address],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     exp = tmp_path / "ray_results" / "resume"
     try:
-        deadline = time.time() + 120
-        while not (reported := _checkpointed(exp)):
-            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
-            assert time.time() < deadline, "no trial reported in time"
-            time.sleep(0.2)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    c, _, before = _runs(store, "resume")
-    assert any(r.info.status == "RUNNING" for r in before)  # the kill left it open; resume must close it
+        _wait(m1, proc)  # session 1 reported (checkpoint_000000), t000 parked after session 2
+        lagging = {}
+        while not lagging:  # a whole state file (read while Tune may be rewriting it) naming that checkpoint
+            assert proc.poll() is None
+            time.sleep(0.1)
+            snap = {p: p.read_bytes() for p in exp.glob("experiment_state-*.json")}
+            try:
+                if snap and all(json.loads(b) for b in snap.values()) and _checkpointed(exp):
+                    lagging = snap
+            except ValueError:
+                pass
+        r1.touch()
+    finally:  # then: session 2 reported (checkpoint_000001), parked after session 3, the driver frozen
+        _kill_frozen(proc, exp, frozen)
+    (first,) = [p.parent.parent.name for p in exp.glob("t*/checkpoint_000001/checkpoint.pt")]
+    for p in exp.glob("experiment_state-*.json"):  # the state as saved before checkpoint_000001
+        p.unlink()
+    for p, data in lagging.items():
+        p.write_bytes(data)
+    reported = {first}
+    c, _, before = _runs(store, "resume")  # what the journal had sent before the kill (RUNNING)
 
     res = run_study("sweep", str(path), StudyOptions(resume=True))
     assert not res.interrupted and res.num_errors == 0
     # trials that had reported went on from their checkpoint, not from session 1
     from ray.tune import ExperimentAnalysis
 
-    for t in ExperimentAnalysis(res.experiment_path).trials:
-        if str(t) in reported:
-            assert t.last_result["iterations_since_restore"] < 3 and t.last_result["training_iteration"] == 3
+    trials = ExperimentAnalysis(res.experiment_path).trials
+    assert reported <= {str(t) for t in trials}
+    for t in trials:
+        if str(t) in reported:  # from checkpoint_000001 (2 sessions), not the state's checkpoint_000000
+            assert t.last_result["iterations_since_restore"] == 1 and t.last_result["sessions_done"] == 3
     assert len(res.rows) == 3 and all(r["status"] == "finished" for r in res.rows)
     c, parents, children = _runs(res.tracking_uri, "resume")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
@@ -347,24 +389,183 @@ def test_shipped_specs_validate():
 
 
 def test_ctrl_c_leaves_no_run_running(ray_address, store, tmp_path):
-    """Ctrl-C (SIGINT) on `pace sweep`: Tune stops gracefully, the cut-off trial's run and the parent
-    are KILLED, nothing stays RUNNING, and the exit code says interrupted."""
+    """Ctrl-C (SIGINT) on `pace sweep` while the first trial is parked after session 2 (session 1 reported):
+    Tune stops gracefully, the cut-off trial's run and the parent are KILLED, nothing stays RUNNING,
+    and the exit code says interrupted."""
     spec = _sweep_spec(tmp_path, "sigint", store, num_samples=2, max_concurrent=1,
                        search={"method.lr": {"type": "log", "low": 1e-3, "high": 0.3}})
     path = _write(tmp_path / "c.yaml", spec)
-    env = {**os.environ, FAULTS_ENV: json.dumps({"session_delay_s": 0.5}), "PYTHONPATH": str(REPO)}
+    parked = tmp_path / "parked"
+    faults = {"blocks": [{"after": 2, "marker": str(parked), "release": str(tmp_path / "never")}]}
+    env = {**os.environ, FAULTS_ENV: json.dumps(faults), "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "pace.cli", "sweep", str(path), "--address", ray_address],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    exp = tmp_path / "ray_results" / "sigint"
-    deadline = time.time() + 120
-    while not list(exp.glob("t*/checkpoint_000000")):
-        assert proc.poll() is None and time.time() < deadline, proc.stdout.read().decode()[-3000:]
-        time.sleep(0.2)
+    _wait(parked, proc)
     proc.send_signal(signal.SIGINT)
     out = proc.communicate(timeout=120)[0].decode()
     assert proc.returncode == 130, out[-3000:]
     assert "interrupted" in out and "--resume" in out
+    table = [line for line in out.splitlines() if line.startswith("| ") and not line.startswith("| trial")]
+    assert len(table) == 2 and "| interrupted " in table[0] and "| not started " in table[1], out[-3000:]
+    assert "TensorBoard" not in out and "operation took" not in out and "Token authentication" not in out
     c, parents, children = _runs(store, "sigint")
     assert [p.info.status for p in parents] == ["KILLED"]
     assert children and all(r.info.status in ("KILLED", "FINISHED") for r in children)
     assert any(r.info.status == "KILLED" for r in children)
+
+
+def _decisions(exp: Path) -> dict[str, dict[float, str]]:
+    """ASHA's journaled decisions by trial name (trial ids differ between studies)."""
+    from ray.tune import ExperimentAnalysis
+
+    from pace.schedulers import JOURNAL_FILE, read_decisions
+
+    names = {t.trial_id: str(t) for t in ExperimentAnalysis(str(exp)).trials}
+    return {names[k]: v for k, v in read_decisions(str(exp / JOURNAL_FILE)).items()}
+
+
+def _leftover_work_dirs(exp: Path) -> list[Path]:
+    import tempfile
+
+    from ray.tune import ExperimentAnalysis
+
+    ids = {t.trial_id for t in ExperimentAnalysis(str(exp)).trials}
+    root = Path(tempfile.gettempdir()) / "pace-trials"
+    return [p for p in root.rglob("*") if p.name in ids] if root.is_dir() else []
+
+
+@pytest.mark.slow
+def test_killed_asha_sweep_resumes_with_the_same_decisions(ray_address, store, tmp_path):
+    """ASHA stops t001 before the driver is SIGKILLed (while t002 is parked after its first session)
+    and must stop t002 and t003 after --resume, exactly as an uninterrupted sweep does; no trial work
+    folder is left behind."""
+    spec = _sweep_spec(tmp_path, "asha", store, num_samples=1, max_concurrent=1,
+                       search={"method.lr": {"type": "categorical", "values": [0.1, 1e-7, 2e-7, 3e-7]}},
+                       searcher={"type": "grid"}, scheduler={"type": "asha", "grace_period": 1,
+                                                             "reduction_factor": 2})
+    path = _write(tmp_path / "asha.yaml", spec)
+    reference = run_study("sweep", str(_write(tmp_path / "ref.yaml", {**spec, "name": "asha-ref"})))
+    expected = [(r["trial"], r["status"], r["sessions"]) for r in reference.rows]
+    assert [e[1] for e in expected] == ["finished", "stopped early", "stopped early", "stopped early"]
+
+    blocked, frozen = tmp_path / "blocked", tmp_path / "frozen"
+    # TUNE_GLOBAL_CHECKPOINT_S=0: the saved state knows every trial so far (a lag is the other test's case)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TUNE_GLOBAL_CHECKPOINT_S": "0",
+           FAULTS_ENV: json.dumps({"blocks": [{"trial": "t002", "after": 1, "marker": str(blocked),
+                                               "release": str(tmp_path / "never")}],
+                                   "freeze_driver": {"when": str(blocked), "frozen": str(frozen)}})}
+    proc = subprocess.Popen([sys.executable, "-m", "pace.cli", "sweep", str(path), "--address", ray_address],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    exp = tmp_path / "ray_results" / "asha"
+    _kill_frozen(proc, exp, frozen)  # t000 finished, t001 stopped, t002 parked: now kill the driver
+    assert _decisions(exp)["t001"] == {1.0: "STOP"}
+
+    res = run_study("sweep", str(path), StudyOptions(resume=True))
+    assert [(r["trial"], r["status"], r["sessions"]) for r in res.rows] == expected
+    assert _decisions(exp) == _decisions(Path(reference.experiment_path))
+    assert _leftover_work_dirs(exp) == [] and _leftover_work_dirs(Path(reference.experiment_path)) == []
+    c, parents, children = _runs(store, "asha")
+    assert [p.info.status for p in parents] == ["FINISHED"]
+    instance = json.loads((exp / "pace_study.json").read_text())["instance"]  # kept by --resume
+    assert {r.data.tags["pace.study_instance"] for r in parents + children} == {instance}
+    assert sorted((r.info.run_name, r.info.status, tuple(_steps(c, r.info.run_id))) for r in children) == \
+        [("t000", "FINISHED", (0, 1, 2)), ("t001", "FINISHED", (0,)), ("t002", "FINISHED", (0,)),
+         ("t003", "FINISHED", (0, 1))]
+
+
+def test_fresh_starts_a_new_study_instance(ray_address, store, tmp_path):
+    """Every run of a study carries its instance id (pace_study.json, kept by --resume); --fresh starts
+    a new instance, and marks the earlier parent run archived, so the two stay distinguishable."""
+    spec = _sweep_spec(tmp_path, "inst", store, num_samples=1, max_concurrent=1,
+                       search={"method.name": {"type": "categorical", "values": ["simplecil"]}})
+    path = _write(tmp_path / "i.yaml", spec)
+    state = tmp_path / "ray_results" / "inst" / "pace_study.json"
+    first = run_study("sweep", str(path))
+    old = json.loads(state.read_text())["instance"]
+    second = run_study("sweep", str(path), StudyOptions(fresh=True))
+    new = json.loads(state.read_text())["instance"]
+    assert old and new and old != new
+    c, parents, children = _runs(store, "inst")
+    by_id = {p.info.run_id: p for p in parents}
+    assert by_id[first.parent_run_id].data.tags["pace.study_instance"] == old
+    assert by_id[first.parent_run_id].data.tags["pace.archived"] == "true"
+    assert by_id[second.parent_run_id].data.tags["pace.study_instance"] == new
+    assert "pace.archived" not in by_id[second.parent_run_id].data.tags
+    assert sorted((r.data.tags["mlflow.parentRunId"], r.data.tags["pace.study_instance"]) for r in children) == \
+        sorted([(first.parent_run_id, old), (second.parent_run_id, new)])
+
+
+@pytest.mark.slow
+def test_tracking_outage_never_stops_the_study(ray_address, tmp_path, capsys):
+    """The tracking server goes away while the first trial is parked after session 1: both trials
+    finish anyway, their writes are kept in the study's journal, and once the server is back
+    `pace tracking sync` sends them: one run per trial, steps 0..2 once each, nothing RUNNING."""
+    from test_study_faults import MlflowServer
+
+    server = MlflowServer(tmp_path / "server")
+    server.start()
+    try:
+        _outage_study(server, ray_address, tmp_path)
+    finally:
+        server.stop()  # also when an assertion failed: no server left behind
+
+
+def _outage_study(server, ray_address: str, tmp_path: Path) -> None:
+    spec = _sweep_spec(tmp_path, "outage", server.uri, num_samples=2, max_concurrent=1,
+                       search={"method.lr": {"type": "log", "low": 1e-3, "high": 0.3}})
+    path = _write(tmp_path / "o.yaml", spec)
+    parked, release = tmp_path / "parked", tmp_path / "release"
+    faults = {"blocks": [{"after": 1, "marker": str(parked), "release": str(release)}]}
+    env = {**os.environ, FAULTS_ENV: json.dumps(faults), "PYTHONPATH": str(REPO), "PACE_TRACKING_FLUSH_S": "2"}
+    proc = subprocess.Popen([sys.executable, "-m", "pace.cli", "sweep", str(path), "--address", ray_address],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        _wait(parked, proc)
+        server.down()
+        release.touch()
+        out = proc.communicate(timeout=600)[0].decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out[-3000:]
+    assert "2 trials, 0 failed" in out and "pace tracking sync" in out, out[-3000:]
+
+    server.up()
+    exp = tmp_path / "ray_results" / "outage"
+    assert main(["tracking", "sync", str(exp)]) == 0
+    assert main(["tracking", "sync", str(exp)]) == 0  # nothing left: sends nothing twice
+    c, parents, children = _runs(server.uri, "outage")
+    assert [p.info.status for p in parents] == ["FINISHED"]
+    assert "best_val_last_accuracy" in parents[0].data.metrics
+    assert len(children) == 2
+    for r in children:
+        assert r.info.status == "FINISHED" and _steps(c, r.info.run_id) == [0, 1, 2]
+        assert len(c.get_metric_history(r.info.run_id, "last_accuracy")) == 1
+        assert "accuracy_matrix.csv" in {a.path for a in c.list_artifacts(r.info.run_id)}
+
+
+def test_bad_options_resources_and_data_fail_before_any_trial(ray_address, tmp_path, capsys):
+    """Command-line numbers, resources no node has, an unreachable tracking server and a variant
+    whose classes do not fill its sessions: one `pace: error:` line each, exit 2, no study left."""
+    from test_study_faults import _free_port
+
+    path = _write(tmp_path / "s.yaml", _sweep_spec(tmp_path, "bad"))
+    for flag, value in (("--num-samples", "0"), ("--num-samples", "-1"), ("--max-concurrent", "-3")):
+        assert main(["sweep", str(path), flag, value]) == 2
+        assert f"{flag}: expected an integer >= 1, got {int(value)}" in capsys.readouterr().err
+    gpu = _write(tmp_path / "g.yaml", _sweep_spec(tmp_path, "bad", resources={"gpu": 1}))
+    assert main(["sweep", str(gpu)]) == 2
+    assert "resources.gpu: each trial asks for 1 GPU, but no node of the Ray cluster has that many" \
+        in capsys.readouterr().err
+    t0 = time.monotonic()
+    assert main(["sweep", str(path), "--tracking-uri", f"http://127.0.0.1:{_free_port()}"]) == 2
+    err = capsys.readouterr().err
+    assert time.monotonic() - t0 < 30 and "is unreachable" in err and "--no-tracking" in err
+    spec = {"name": "bad", "base": {**BASE, "data": {**BASE["data"], "synthetic_classes": 4},
+                                    "scenario": {"num_sessions": 2}},
+            "variants": {"ok": {}, "three": {"scenario.num_sessions": 3}},
+            "storage_path": str(tmp_path / "ray_results"), "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    assert main(["ablate", str(_write(tmp_path / "a.yaml", spec))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("pace: error:") and "variant=three" in err and "4 classes do not split into 3" in err
+    assert not (tmp_path / "ray_results").exists() and not (tmp_path / "mlflow.db").exists()

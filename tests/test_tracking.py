@@ -106,3 +106,53 @@ def test_close_sweep_leaves_nothing_running(sink):
     # a reopened study sets its parent running again
     sink.reopen(parent)
     assert sink.client.get_run(parent).info.status == "RUNNING"
+
+
+def test_study_summary_comes_from_finished_trials_once(sink):
+    """The parent's best objective ignores trials cut off or stopped early, and a resumed study that
+    finishes again does not log it a second time."""
+    from types import SimpleNamespace
+
+    from pace.sweep import _finish_parent
+
+    exp = sink.experiment("study-c")
+    parent = sink.start_parent(exp, "study", {}, {})
+    rows = [{"trial": t, "trial_id": t, "status": st, "labels": {}, "params": {}, "sessions": s,
+             "last_accuracy": v, "average_incremental_accuracy": v, "forgetting": 0.0, "objective": v}
+            for t, st, s, v in (("t0", "interrupted", "2/5", 90.0), ("t1", "finished", "5/5", 70.0),
+                                ("t2", "stopped early", "1/5", 95.0), ("t3", "finished", "5/5", 60.0))]
+    spec = SimpleNamespace(objective="val_last_accuracy", mode="max", model_dump=lambda mode: {})
+    _finish_parent(sink, parent, rows, spec)
+    _finish_parent(sink, parent, rows, spec)  # interrupted, resumed, finished again
+    hist = sink.client.get_metric_history(parent, "best_val_last_accuracy")
+    assert [(m.step, m.value) for m in hist] == [(0, 70.0)]
+    assert sink.client.get_run(parent).data.tags["pace.best_trial"] == "t1"
+
+
+def test_journaled_writes_are_sent_once_even_when_sent_again(sink, tmp_path, monkeypatch):
+    """A trial's writes go to the journal; sending them, then sending them all again (a kill between
+    sending and recording what was sent), leaves one run with each step once and nothing RUNNING."""
+    from pace.journal import JournaledSink, Sender, drain
+
+    monkeypatch.setattr(JournaledSink, "_loop", lambda self: None)  # no sender thread: sent by hand below
+    journaled = JournaledSink(sink.uri, str(tmp_path / "journal"))
+    exp = sink.experiment("study-d")
+    parent = sink.start_parent(exp, "study", {}, {})
+    reporter = MlflowReporter(journaled, exp, parent, "trial-d", "t000", {"seed": "0"},
+                              extra_tags={"pace.study_instance": "abc"})
+    Runner(validate_config(CFG), tmp_path / "run", [reporter]).run()
+    journaled.close_sweep(exp, parent, {}, "FINISHED")
+    assert sink.child_runs(exp, parent) == []  # nothing sent yet: the trial never waited for the store
+    journal = journaled.journal
+    for _ in range(2):
+        assert drain(journal, Sender(sink.uri), deadline=float("inf")) == 0
+        journal.mark_sent(0)
+    (run,) = sink.child_runs(exp, parent)
+    assert run["status"] == "FINISHED" and run["trial_id"] == "trial-d"
+    assert sink.logged_steps(run["run_id"]) == [0, 1, 2]
+    assert len(sink.client.get_metric_history(run["run_id"], "acc_all")) == 3
+    assert len(sink.client.get_metric_history(run["run_id"], "last_accuracy")) == 1
+    got = sink.client.get_run(run["run_id"])
+    assert got.data.tags["pace.study_instance"] == "abc" and "accuracy_matrix.csv" in \
+        {a.path for a in sink.client.list_artifacts(run["run_id"])}
+    assert sink.client.get_run(parent).info.status == "FINISHED"
