@@ -190,23 +190,29 @@ def ortho_penalty(t: torch.Tensor) -> torch.Tensor:
 
 
 def gram_schmidt(vectors: torch.Tensor, start: int, stop: int, generator: torch.Generator) -> torch.Tensor:
-    """CODA-Prompt's init of a task's components: rows start..stop-1 are redrawn at random and
-    orthonormalised against rows 0..start-1 and each other (classical Gram-Schmidt); older rows stay.
+    """CODA-Prompt's init of a session's components: rows start..stop-1 are redrawn at random and made
+    orthonormal to the span of rows 0..start-1 and to each other; the older rows stay as they are.
 
-    ``vectors`` is (M, ...) and is flattened per row; returns a new tensor of the same shape.
+    ``vectors`` is (M, ...), flattened per row; returns a new tensor of the same shape. The older rows
+    (trained, so no longer orthogonal) are orthonormalised first (QR) so that the new rows are exactly
+    orthogonal to their span. Once the rows outnumber the dimensions, no orthogonal direction is left
+    and a random unit vector is kept.
     """
     shape = vectors.shape
     v = vectors.detach().reshape(shape[0], -1).clone()
-    basis = [F.normalize(v[i], dim=0) for i in range(start)]
+    dim = v.shape[1]
+    old = v[:start].double()
+    basis = torch.linalg.qr(old.T).Q.T if start else old  # (start', dim), orthonormal rows
+    basis = basis[: min(start, dim)]
     for i in range(start, stop):
-        while True:
-            u = torch.randn(v.shape[1], generator=generator, dtype=v.dtype)
-            for e in basis:
-                u = u - (u @ e) * e
-            if u.norm() > 1e-10:
-                break
-        basis.append(u / u.norm())
-        v[i] = basis[-1]
+        u = torch.randn(dim, generator=generator, dtype=torch.float64)
+        r = u - basis.T @ (basis @ u) if len(basis) < dim else u
+        if r.norm() <= 1e-6 * u.norm():
+            r = u
+        e = r / r.norm()
+        if len(basis) < dim:
+            basis = torch.cat([basis, e[None]])
+        v[i] = e.to(v.dtype)
     return v.reshape(shape)
 
 
@@ -261,17 +267,30 @@ def class_gaussians(z: torch.Tensor, y: torch.Tensor, classes: list[int],
     return torch.stack(means), torch.stack(covs)
 
 
-def sample_gaussians(means: torch.Tensor, covs: torch.Tensor, n: int,
+def gaussian_roots(covs: torch.Tensor) -> torch.Tensor:
+    """Square roots R (R R^T = cov) of (C, D, D) covariances, by eigendecomposition with negative
+    eigenvalues floored at 0, so a rank-deficient covariance (few clips, wide features) still samples."""
+    w, v = torch.linalg.eigh(covs.double())
+    return v * w.clamp_min(0).sqrt().unsqueeze(-2)
+
+
+def sample_gaussians(means: torch.Tensor, roots: torch.Tensor, n: int,
                      generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """n draws per class from N(mean_c, cov_c); returns (C*n, D) float32 features and (C*n,) row ids."""
-    out = []
-    for mu, cov in zip(means, covs):
-        # eigen-floor rather than Cholesky: a rank-deficient covariance (few clips, wide features) still samples
-        w, v = torch.linalg.eigh(cov)
-        root = v * w.clamp_min(0).sqrt()
-        out.append(mu + torch.randn(n, mu.shape[0], generator=generator, dtype=mu.dtype) @ root.T)
+    """n draws per class from N(mean_c, R_c R_c^T): (C*n, D) float32 features and (C*n,) class rows."""
+    eps = torch.randn(len(means), n, means.shape[1], generator=generator, dtype=torch.float64)
+    draws = means.double()[:, None, :] + eps @ roots.double().transpose(1, 2)
     rows = torch.arange(len(means)).repeat_interleave(n)
-    return torch.cat(out).float(), rows
+    return draws.reshape(-1, means.shape[1]).float(), rows
+
+
+def prototype_contrastive(feats: torch.Tensor, prototypes: torch.Tensor | None,
+                          temperature: float = 0.8) -> torch.Tensor:
+    """HiDe-Prompt's WTP regulariser: rows M = [old-class prototypes; batch features]; cross-entropy of
+    M M^T / temperature against the identity, so each feature is pushed away from the old prototypes
+    and from the other features."""
+    m = feats if prototypes is None or not len(prototypes) else torch.cat([prototypes.to(feats.dtype), feats])
+    sim = m @ m.T / temperature
+    return F.cross_entropy(sim, torch.arange(len(m), device=m.device))
 
 
 def num_params(params) -> int:
@@ -279,7 +298,7 @@ def num_params(params) -> int:
 
 
 __all__ = [
-    "AttentionSite", "Prompts", "class_gaussians", "cosine_matrix", "gram_schmidt", "hf_attention_site", "kmeans",
+    "AttentionSite", "Prompts", "class_gaussians", "gaussian_roots", "prototype_contrastive", "cosine_matrix", "gram_schmidt", "hf_attention_site", "kmeans",
     "masked_logits", "ortho_penalty", "prefix_attention", "prompt_hooks", "prompt_param", "sample_gaussians",
     "select_top_k", "uniform_",
 ]
