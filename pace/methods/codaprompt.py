@@ -30,8 +30,7 @@ from pydantic import Field
 
 from pace.config import MethodConfig
 from pace.methods.base import Session, register_method
-from pace.methods.dualprompt import check_blocks
-from pace.methods.prompt_base import PromptLearner, PromptTrainConfig
+from pace.methods.prompt_base import PromptLearner, PromptTrainConfig, check_blocks
 from pace.peft.prompts import Prompts, gram_schmidt, ortho_penalty
 
 

@@ -32,7 +32,7 @@ from pydantic import Field
 
 from pace.config import MethodConfig
 from pace.methods.base import Session, register_method
-from pace.methods.prompt_base import PromptLearner, PromptTrainConfig, expand_batch
+from pace.methods.prompt_base import PromptLearner, PromptTrainConfig, check_blocks, expand_batch
 from pace.peft.prompts import Prompts, cosine_matrix, uniform_
 
 
@@ -47,13 +47,6 @@ class DualPromptConfig(MethodConfig):
     pull_coeff: float = Field(1.0, ge=0)
     init_from_previous: bool = True
     train: PromptTrainConfig = Field(default_factory=PromptTrainConfig)
-
-
-def check_blocks(name: str, field: str, blocks: list[int], backbone) -> None:
-    bad = [b for b in blocks if not 0 <= b < backbone.num_blocks]
-    if bad:
-        raise ValueError(f"{name}: {field} {bad} outside the backbone's blocks 0..{backbone.num_blocks - 1} "
-                         f"({backbone.name})")
 
 
 @register_method(DualPromptConfig)

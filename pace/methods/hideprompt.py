@@ -39,10 +39,9 @@ from pace.config import MethodConfig
 from pace.embed import autocast
 from pace.heads.linear import LinearHead
 from pace.methods.base import Session, register_method
-from pace.methods.dualprompt import check_blocks
-from pace.methods.prompt_base import PromptLearner, PromptTrainConfig, expand_batch, make_optimizer
-from pace.peft.prompts import (Prompts, class_gaussians, gaussian_roots, masked_logits, prototype_contrastive,
-                               sample_gaussians, uniform_)
+from pace.methods.prompt_base import PromptTrainConfig, SessionPromptLearner, make_optimizer
+from pace.peft.prompts import (class_gaussians, gaussian_roots, masked_logits, prototype_contrastive,
+                               sample_gaussians)
 
 
 class HiDePromptConfig(MethodConfig):
@@ -80,15 +79,11 @@ class TIIHead(nn.Module):
 
 
 @register_method(HiDePromptConfig)
-class HiDePrompt(PromptLearner):
+class HiDePrompt(SessionPromptLearner):
     def __init__(self, cfg, backbone, ctx):
         super().__init__(cfg, backbone, ctx)
-        check_blocks(cfg.name, "blocks", cfg.blocks, backbone)
         self.tii = TIIHead(backbone.embed_dim, cfg.tii_hidden_factor, ctx.generator("hide-tii")).to(ctx.device)
         self._old_means: torch.Tensor | None = None
-
-    def _sessions(self) -> int:
-        return sum(1 for n in self.prompt_module._parameters if n.startswith("prompt_"))
 
     # ---- TII
 
@@ -168,13 +163,8 @@ class HiDePrompt(PromptLearner):
     # ---- WTP
 
     def before_session(self, session: Session, q) -> None:
-        t, cfg = session.index, self.cfg
-        if cfg.init_from_previous and t > 0:
-            prompt = self.p(f"prompt_{t - 1}").detach().clone()
-        else:
-            prompt = uniform_((len(cfg.blocks), 2, cfg.length, self.backbone.embed_dim),
-                              self.ctx.generator(f"hide-prompt:{t}"))
-        self.add_param(f"prompt_{t}", prompt)
+        t = session.index
+        self.new_prompt(t)
         self.train_tii(session, q)
         self.store_gaussians("tii", session, q)
         if t > 0:
@@ -207,18 +197,6 @@ class HiDePrompt(PromptLearner):
                 out.append(self.features(x, q[s:s + bs], session.index)[0].float().cpu())
         self.ctx.count("forward_samples", len(session.train))
         return torch.cat(out)
-
-    def prompts(self, q, session):
-        b = q.shape[0]
-        if session is not None:
-            e = expand_batch(self.p(f"prompt_{session}"), b)
-        else:
-            e = torch.stack([self.p(f"prompt_{s}") for s in range(self._sessions())])[self.infer_session(q)]
-        prefix = {blk: (e[:, i, 0], e[:, i, 1]) for i, blk in enumerate(self.cfg.blocks)}
-        return Prompts(prefix=prefix), q.new_zeros(()).float()
-
-    def trainable(self, session: Session) -> list[nn.Parameter]:
-        return [self.p(f"prompt_{session.index}")]
 
     def state_dict(self):
         return {**super().state_dict(), "tii": self.tii.state_dict()}

@@ -27,7 +27,7 @@ from pace.heads.linear import LinearHead
 from pace.methods.base import Learner, Session, Split
 from pace.methods.common import batch_embeddings, split_embeddings
 from pace.methods.parts import freeze_backbone
-from pace.peft.prompts import Prompts, masked_logits
+from pace.peft.prompts import Prompts, masked_logits, uniform_
 
 
 class PromptTrainConfig(Strict):
@@ -207,6 +207,50 @@ class PromptLearner(Learner):
         return name in self.prompt_module._parameters
 
 
+def check_blocks(name: str, field: str, blocks: list[int], backbone) -> None:
+    bad = [b for b in blocks if not 0 <= b < backbone.num_blocks]
+    if bad:
+        raise ValueError(f"{name}: {field} {bad} outside the backbone's blocks 0..{backbone.num_blocks - 1} "
+                         f"({backbone.name})")
+
+
 def expand_batch(t: torch.Tensor, b: int) -> torch.Tensor:
     """A prompt shared by the batch, (L, D) -> (B, L, D) (a view)."""
     return t.unsqueeze(0).expand(b, *t.shape)
+
+
+class SessionPromptLearner(PromptLearner):
+    """One prefix prompt per session in ``cfg.blocks`` (``cfg.length`` key and value tokens per block),
+    started from the previous session's with ``cfg.init_from_previous``, else ~ U(-1, 1). Training on
+    session t uses prompt t; inference asks ``infer_session`` (S-Prompt++, HiDe-Prompt)."""
+
+    def __init__(self, cfg, backbone, ctx):
+        super().__init__(cfg, backbone, ctx)
+        check_blocks(cfg.name, "blocks", cfg.blocks, backbone)
+
+    def num_prompts(self) -> int:
+        return sum(1 for n in self.prompt_module._parameters if n.startswith("prompt_"))
+
+    def new_prompt(self, t: int) -> None:
+        cfg = self.cfg
+        if cfg.init_from_previous and t > 0:
+            prompt = self.p(f"prompt_{t - 1}").detach().clone()
+        else:  # (blocks, key/value, length, D)
+            prompt = uniform_((len(cfg.blocks), 2, cfg.length, self.backbone.embed_dim),
+                              self.ctx.generator(f"{cfg.name}-prompt:{t}"))
+        self.add_param(f"prompt_{t}", prompt)
+
+    def infer_session(self, q: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def prompts(self, q, session):
+        b = q.shape[0]
+        if session is not None:
+            e = expand_batch(self.p(f"prompt_{session}"), b)
+        else:
+            e = torch.stack([self.p(f"prompt_{s}") for s in range(self.num_prompts())])[self.infer_session(q)]
+        prefix = {blk: (e[:, i, 0], e[:, i, 1]) for i, blk in enumerate(self.cfg.blocks)}
+        return Prompts(prefix=prefix), q.new_zeros(()).float()
+
+    def trainable(self, session: Session) -> list[nn.Parameter]:
+        return [self.p(f"prompt_{session.index}")]

@@ -26,9 +26,8 @@ from pydantic import Field
 
 from pace.config import MethodConfig
 from pace.methods.base import Session, register_method
-from pace.methods.dualprompt import check_blocks
-from pace.methods.prompt_base import PromptLearner, PromptTrainConfig, expand_batch
-from pace.peft.prompts import Prompts, kmeans, uniform_
+from pace.methods.prompt_base import PromptTrainConfig, SessionPromptLearner
+from pace.peft.prompts import kmeans
 
 
 class SPromptConfig(MethodConfig):
@@ -48,37 +47,14 @@ def nearest_centroid_session(q: torch.Tensor, centroids: torch.Tensor, owner: to
 
 
 @register_method(SPromptConfig)
-class SPrompt(PromptLearner):
-    def __init__(self, cfg, backbone, ctx):
-        super().__init__(cfg, backbone, ctx)
-        check_blocks(cfg.name, "blocks", cfg.blocks, backbone)
-
-    def _sessions(self) -> int:
-        return sum(1 for n in self.prompt_module._parameters if n.startswith("centroids_"))
-
+class SPrompt(SessionPromptLearner):
     def before_session(self, session: Session, q) -> None:
-        t, cfg = session.index, self.cfg
-        g = self.ctx.generator(f"sprompt:{t}")
-        if cfg.init_from_previous and t > 0:
-            prompt = self.p(f"prompt_{t - 1}").detach().clone()
-        else:
-            prompt = uniform_((len(cfg.blocks), 2, cfg.length, self.backbone.embed_dim), g)
-        self.add_param(f"prompt_{t}", prompt)
-        self.add_param(f"centroids_{t}", kmeans(q.cpu(), cfg.centroids_per_session, g))
+        t = session.index
+        self.new_prompt(t)
+        self.add_param(f"centroids_{t}", kmeans(q.cpu(), self.cfg.centroids_per_session,
+                                                self.ctx.generator(f"sprompt-kmeans:{t}")))
 
     def infer_session(self, q: torch.Tensor) -> torch.Tensor:
-        cents = [self.p(f"centroids_{s}") for s in range(self._sessions())]
+        cents = [self.p(f"centroids_{s}") for s in range(self.num_prompts())]
         owner = torch.cat([torch.full((len(c),), s, device=q.device) for s, c in enumerate(cents)])
         return nearest_centroid_session(q, torch.cat(cents), owner)
-
-    def prompts(self, q, session):
-        b = q.shape[0]
-        if session is not None:
-            e = expand_batch(self.p(f"prompt_{session}"), b)
-        else:
-            e = torch.stack([self.p(f"prompt_{s}") for s in range(self._sessions())])[self.infer_session(q)]
-        prefix = {blk: (e[:, i, 0], e[:, i, 1]) for i, blk in enumerate(self.cfg.blocks)}
-        return Prompts(prefix=prefix), q.new_zeros(()).float()
-
-    def trainable(self, session: Session) -> list[torch.nn.Parameter]:
-        return [self.p(f"prompt_{session.index}")]
