@@ -397,3 +397,25 @@ def test_prompt_methods_resume_equals_uninterrupted(tmp_path, method):
 def test_prompt_methods_need_a_promptable_backbone(tmp_path):
     with pytest.raises(ValueError, match="does not support prompt or prefix tuning"):
         Runner(_cfg(TINY["l2p"], backbone="logmel-stats"), tmp_path).run()
+
+
+def test_shipped_prompt_configs_fit_their_backbones():
+    # Block indices are checked when the learner is built; catch a shipped spec that would fail there.
+    from pathlib import Path
+
+    from pace.config import load_config
+    from pace.specs import compose, load_ablation_spec
+
+    repo = Path(__file__).resolve().parents[1]
+    configs = [load_config(p) for p in sorted((repo / "configs").glob("fsdd-*.yaml"))]
+    for spec_path in (repo / "ablations" / "fsdd_methods.yaml", repo / "sweeps" / "paper_table2.yaml"):
+        _, base, _, trials = load_ablation_spec(spec_path)
+        configs += [validate_config(compose(base, t["overrides"])) for t in trials]
+    checked = 0
+    for cfg in (c for c in configs if c.method.name in TINY):
+        blocks = {f: getattr(cfg.method, f) for f in ("blocks", "g_blocks", "e_blocks") if hasattr(cfg.method, f)}
+        depth = get_spec(cfg.backbone.name).num_blocks
+        for field, value in blocks.items():
+            assert all(0 <= b < depth for b in value), (cfg.name, field, value, depth)
+            checked += 1
+    assert checked >= 20
