@@ -408,7 +408,8 @@ def test_shipped_prompt_configs_fit_their_backbones():
 
     repo = Path(__file__).resolve().parents[1]
     configs = [load_config(p) for p in sorted((repo / "configs").glob("fsdd-*.yaml"))]
-    for spec_path in (repo / "ablations" / "fsdd_methods.yaml", repo / "sweeps" / "paper_table2.yaml"):
+    for spec_path in (repo / "ablations" / "fsdd_methods.yaml", repo / "ablations" / "fsdd_prompt_table.yaml",
+                      repo / "sweeps" / "paper_table2.yaml"):
         _, base, _, trials = load_ablation_spec(spec_path)
         configs += [validate_config(compose(base, t["overrides"])) for t in trials]
     checked = 0
