@@ -24,6 +24,8 @@ from pace.data.frontend import Frontend
 class BackboneOutput:
     pooled: torch.Tensor  # (B, D): the utterance embedding (CLS or mean over tokens)
     hidden_states: list[torch.Tensor] = field(default_factory=list)  # per block, (B, N, D)
+    #: forward_prompted only: final states of the prepended prompt tokens, (B, P, D)
+    prompt_tokens: torch.Tensor | None = None
 
 
 class Backbone(nn.Module, ABC):
@@ -61,6 +63,35 @@ class Backbone(nn.Module, ABC):
         return h.mean(dim=1)
 
     has_cls: bool = False
+
+    #: whether forward_prompted works (prompt and prefix tuning, pace.peft.prompts)
+    supports_prompts: bool = False
+
+    def prompt_block(self, b: int) -> nn.Module:
+        """The module of block b (prompt tokens are prepended to its input)."""
+        raise NotImplementedError
+
+    def prompt_attention(self, b: int):
+        """Block b's self-attention as a ``pace.peft.prompts.AttentionSite`` (for prefix tuning)."""
+        raise NotImplementedError
+
+    def final_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """The final token states (B, N, D) that ``pool`` turns into ``forward(x).pooled``."""
+        raise NotImplementedError
+
+    def forward_prompted(self, x: torch.Tensor, prompts) -> BackboneOutput:
+        """Forward with ``prompts`` (a ``pace.peft.prompts.Prompts``) injected; the backbone's weights are
+        used, never changed. ``pooled`` pools the input's own tokens (prompt tokens stripped) exactly as
+        ``forward`` does; ``prompt_tokens`` are the prompt tokens' final states. No hidden states."""
+        from pace.peft.prompts import prompt_hooks
+
+        if not self.supports_prompts:
+            raise ValueError(f"backbone {self.name!r} does not support prompt or prefix tuning")
+        prompts.check(self.num_blocks, self.embed_dim, x.shape[0])
+        n = prompts.num_tokens
+        with prompt_hooks(self, prompts):
+            h = self.final_tokens(x)
+        return BackboneOutput(pooled=self.pool(h[:, n:]), prompt_tokens=h[:, :n])
 
     def lora_target_names(self, blocks: list[int] | None, roles: list[str]) -> list[str]:
         """Qualified names of the linear layers for ``roles`` in ``blocks`` (None = all blocks).

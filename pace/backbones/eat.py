@@ -236,6 +236,24 @@ class EATEncoder(Backbone):
                 hidden.append(h)
         return BackboneOutput(pooled=self.pool(h), hidden_states=hidden)
 
+    supports_prompts = True
+
+    def prompt_block(self, b: int) -> nn.Module:
+        return self.blocks[b]
+
+    def prompt_attention(self, b: int):
+        from pace.peft.prompts import AttentionSite
+
+        attn = self.blocks[b].attn
+        return AttentionSite(module=attn, project=lambda x: attn.qkv(x).chunk(3, dim=-1), out=attn.proj,
+                             num_heads=attn.num_heads, scale=(self.embed_dim // attn.num_heads) ** -0.5)
+
+    def final_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x)
+        for block in self.blocks:
+            h = block(h)
+        return h
+
     def pool(self, h: torch.Tensor) -> torch.Tensor:
         # Mean pooling averages patch tokens only, so per-block pooling matches ``pooled``.
         if h.dim() == 2:

@@ -240,6 +240,24 @@ class HFAudioBackbone(Backbone):
             return h[:, :n].mean(dim=1)
         return h[:, n:].mean(dim=1)
 
+    @property
+    def supports_prompts(self) -> bool:
+        # WavLM's attention adds a relative-position bias sized by the sequence, and CLAP's Swin blocks
+        # attend within windows: prepended tokens or key prefixes have no defined place in either
+        return self.family.name not in _NO_PROMPTS
+
+    def prompt_block(self, b: int) -> nn.Module:
+        return self.model.get_submodule(self.block_names[b])
+
+    def prompt_attention(self, b: int):
+        from pace.peft.prompts import hf_attention_site
+
+        attn = self.family.roles["q"].rpartition(".")[0]
+        return hf_attention_site(self.model.get_submodule(f"{self.block_names[b]}.{attn}"))
+
+    def final_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(**_model_inputs(self.family, x)).last_hidden_state
+
     def linear_layers(self) -> dict[int, dict[str, str]]:
         return {i: {role: f"model.{block}.{path}" for role, path in self.family.roles.items()}
                 for i, block in enumerate(self.block_names)}
@@ -249,6 +267,9 @@ class HFAudioBackbone(Backbone):
         preprocessor_config.json describing this frontend."""
         self.model.save_pretrained(folder)
         _feature_extractor(self.frontend).save_pretrained(folder)
+
+
+_NO_PROMPTS = ("wavlm", "clap-audio")
 
 
 def _recorder(states: list[torch.Tensor]):

@@ -421,6 +421,26 @@ class WhisperEncoderBackbone(Backbone):
         last = enc.layer_norm(h)
         return BackboneOutput(pooled=last.mean(dim=1), hidden_states=hidden)
 
+    supports_prompts = True
+
+    def prompt_block(self, b: int) -> torch.nn.Module:
+        return self.encoder.layers[b]
+
+    def prompt_attention(self, b: int):
+        from pace.peft.prompts import hf_attention_site
+
+        return hf_attention_site(self.encoder.layers[b].self_attn)
+
+    def final_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        # forward's steps, ending with the final LayerNorm that ``pooled`` averages
+        enc = self.encoder
+        h = F.gelu(enc.conv1(x.transpose(1, 2)))
+        h = F.gelu(enc.conv2(h)).transpose(1, 2)
+        h = h + enc.embed_positions.weight
+        for layer in enc.layers:
+            h = layer(h, None)
+        return enc.layer_norm(h)
+
     def linear_layers(self) -> dict[int, dict[str, str]]:
         roles = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
                  "o": "self_attn.out_proj", "fc1": "fc1", "fc2": "fc2"}

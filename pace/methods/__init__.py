@@ -5,7 +5,8 @@ Importing this package registers every built-in method (name -> config class + l
 
 import importlib
 
-for _mod in ("simplecil", "joint", "ranpac", "acl", "sequential_lora", "pace"):
+for _mod in ("simplecil", "joint", "ranpac", "acl", "sequential_lora", "pace",
+             "l2p", "dualprompt", "codaprompt", "sprompt", "hideprompt"):
     try:
         importlib.import_module(f"pace.methods.{_mod}")
     except ModuleNotFoundError as _exc:  # a method module not written yet
