@@ -11,8 +11,14 @@ Both forms give the joint ridge solution over all sessions, independent of how c
   each update inverts only an (N_b, N_b) matrix.
 
 Ridge selection (``select_ridge``) evaluates a whole lam grid from ONE symmetric eigendecomposition
-of the smaller Gram matrix of the fit features; ``select_ridge_direct`` is the reference that does
-one M x M solve per grid value, as RanPAC's code does.
+of the smaller Gram matrix of the fit features; ``select_ridge_direct`` does one M x M solve per grid
+value, as RanPAC's code does, and ``select_ridge_reference`` one solve per value in the better
+conditioned of the primal and dual systems (the float64 reference the tests hold the others to).
+
+Cost per session of b rows (M projected dims, K classes): Gram form ``M^2 b`` to accumulate plus
+``M^3 / 3`` for every solve (a new lam, or any lam after new data); recursive form ``~2 M^2 b``.
+Many small sessions -> recursive (fixed lam); few sessions larger than ~M/6 rows, or a lam chosen
+per session -> Gram. ``cheaper_form`` encodes that rule.
 """
 
 from __future__ import annotations
@@ -255,6 +261,27 @@ def select_ridge(H_train: torch.Tensor, y_train: torch.Tensor, H_val: torch.Tens
     return _select(preds, yval, grid, criterion)
 
 
+def select_ridge_reference(H_train: torch.Tensor, y_train: torch.Tensor, H_val: torch.Tensor,
+                           y_val: torch.Tensor, grid: Sequence[float] = RIDGE_GRID, criterion: Criterion = "mse",
+                           num_classes: int | None = None) -> RidgeSelection:
+    """Float64 reference: one solve per grid value, in the system that is well conditioned.
+
+    With N < M fit rows the primal ``H^T H + lam I`` (M x M) has M - N eigenvalues equal to lam, so its
+    condition number is ~||G|| / lam (1e14 and worse at the bottom of RanPAC's grid on unscaled ReLU
+    features) and its solve loses most digits; the dual ``H H^T + lam I`` (N x N) has the same
+    solution (push-through identity) with condition (e_max + lam) / (e_min + lam), bounded by the data.
+    """
+    grid = _check_grid(grid)
+    Htr, Ytr, Hval, yval, _ = _prepare(H_train, y_train, H_val, y_val, num_classes)
+    if Htr.shape[0] < Htr.shape[1]:
+        Kx = Htr @ Htr.T
+        preds = torch.stack([(Hval @ Htr.T) @ solve_ridge(Kx, Ytr, lam) for lam in grid])
+    else:
+        G, C = Htr.T @ Htr, Htr.T @ Ytr
+        preds = torch.stack([Hval @ solve_ridge(G, C, lam) for lam in grid])
+    return _select(preds, yval, grid, criterion)
+
+
 def select_ridge_direct(H_train: torch.Tensor, y_train: torch.Tensor, H_val: torch.Tensor, y_val: torch.Tensor,
                         grid: Sequence[float] = RIDGE_GRID, criterion: Criterion = "mse",
                         num_classes: int | None = None) -> RidgeSelection:
@@ -268,6 +295,16 @@ def select_ridge_direct(H_train: torch.Tensor, y_train: torch.Tensor, H_val: tor
 
 # --------------------------------------------------------------------------------------------------
 # The head
+
+
+def cheaper_form(dim: int, session_rows: int) -> Form:
+    """The exact form that costs less for sessions of ``session_rows`` at a fixed lam.
+
+    Per session, Gram: ``M^2 b`` (accumulate) + ``M^3 / 3`` (Cholesky); recursive: ``~3 M^2 b``
+    (R X^T, the rank-b downdate of R, the b x b factorisation is negligible). Recursive wins while
+    ``2 M^2 b < M^3 / 3``, i.e. ``b < M / 6``. Both give the joint ridge solution (to roundoff).
+    """
+    return "recursive" if 6 * int(session_rows) < int(dim) else "gram"
 
 
 class AnalyticHead(GrowingBuffers):
@@ -367,7 +404,9 @@ class AnalyticHead(GrowingBuffers):
         RnX = torch.cholesky_solve(RX.T, L).T
         self.W.add_(RnX @ (Y - X @ self.W))
         hint = "the features are too ill-conditioned for this lam; use a larger lam"
-        check_finite(self.R, "recursive statistics R", hint)
+        # R was finite before and changed only by T^T T: checking the (b, M) factor T instead of the
+        # whole (M, M) R saves a full pass over R per step (it dominated small sessions).
+        check_finite(T, "recursive statistics R", hint)
         check_finite(self.W, "recursive ridge weights W", hint)
 
     def solve(self, lam: float | None = None) -> torch.Tensor:
