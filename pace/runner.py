@@ -29,6 +29,7 @@ from pace.data.features import FeatureTable, extract_features
 from pace.data.scenario import Scenario, build_scenario
 from pace.methods.base import Context, Learner, Session, Split, build_learner
 from pace.provenance import provenance
+from pace.store import LazyRows
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -119,8 +120,8 @@ class Runner:
         self.backbone = build_backbone(cfg.backbone, init_seed=cfg.seeds.init).to(self.device)
         dataset = build_dataset(cfg.data)
         self.dataset = dataset
-        self.table = extract_features(dataset, self.backbone.frontend, self.cache,
-                                      skip_bad=cfg.data.skip_bad, progress=cfg.runtime.progress)
+        self.table = extract_features(dataset, self.backbone.frontend, self.cache, skip_bad=cfg.data.skip_bad,
+                                      progress=cfg.runtime.progress, dtype=cfg.runtime.feature_dtype)
         self.scenario = build_scenario(self.table.items, cfg.scenario, cfg.seeds)
         index = {lab: i for i, lab in enumerate(self.scenario.class_order)}
         self.y_all = torch.tensor([index.get(it.label, -1) for it in self.table.items], dtype=torch.long)
@@ -136,8 +137,11 @@ class Runner:
         self.analysis_hooks = build_hooks(self)
 
     def split(self, rows: list[int]) -> Split:
+        """A split indexes into the feature table; with the store its rows load per batch, on use."""
         idx = torch.tensor(rows, dtype=torch.long)
-        return Split(self.table.x[idx], self.y_all[idx], [self.keys_all[i] for i in rows])
+        x = self.table.x
+        return Split(x.take(rows) if isinstance(x, LazyRows) else x[idx], self.y_all[idx],
+                     [self.keys_all[i] for i in rows])
 
     def test_split(self, i: int) -> Split:
         """Session i's test split, gathered once: every later session evaluates it again."""

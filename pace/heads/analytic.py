@@ -402,12 +402,14 @@ class AnalyticHead(GrowingBuffers):
         self.R.addmm_(T.T, T, alpha=-1.0)  # R - (X R)^T S^-1 (X R), in place (no M x M temporary)
         # R_new X^T = R X^T S^-1 (push-through), so no second M x M product is needed.
         RnX = torch.cholesky_solve(RX.T, L).T
-        self.W.add_(RnX @ (Y - X @ self.W))
+        step = RnX @ (Y - X @ self.W)
         hint = "the features are too ill-conditioned for this lam; use a larger lam"
-        # R was finite before and changed only by T^T T: checking the (b, M) factor T instead of the
-        # whole (M, M) R saves a full pass over R per step (it dominated small sessions).
+        # R and W were finite before and change only by T^T T and `step`: checking those (b x M and
+        # M x K) instead of R and W saves a full pass over the (M, M) R per step (it dominated small
+        # sessions); the arithmetic is unchanged.
         check_finite(T, "recursive statistics R", hint)
-        check_finite(self.W, "recursive ridge weights W", hint)
+        check_finite(step, "recursive ridge weights W", hint)
+        self.W.add_(step)
 
     def solve(self, lam: float | None = None) -> torch.Tensor:
         """Compute (Gram) or return (recursive) W = (G + lam I)^-1 C, shape (M, K)."""

@@ -1,0 +1,170 @@
+"""How time and memory scale with sessions and data set size.
+
+    python bench/scale.py head [--sessions 315] [--forms gram recursive] [--device auto]
+    python bench/scale.py rss [--clips 300 2000]
+
+``head``: the analytic head over a TIMIT-2-shaped run (315 sessions of 2 classes x 8 clips, M = 8192,
+generated 768-d embeddings), through ``AnalyticClassifier.fit_session`` exactly as RanPAC / PACE call
+it, on the trial's device (``--device auto``: the GPU when present), statistics in float64. Forms:
+``gram`` = Gram form with per-session ridge selection (RanPAC's default), ``recursive`` = Woodbury form
+at a fixed lam. Prints per-session times, the total per form, and the ratio of the mean of the last
+20 sessions to the first 20. The Gram form's per-session cost is one M x M Cholesky whatever the
+history, so by default only its first and last ``--gram-window`` sessions solve; the sessions between
+only accumulate (G, C) (the statistics a solve depends on are then exactly those of a full run) and
+its total is extrapolated from the solved sessions; ``--gram-window 0`` solves every session.
+
+``rss``: peak RSS (``/usr/bin/time -v``) of ``pace run`` (SimpleCIL, logmel-stats backbone) on
+generated folders of one-second clips of each size, each in a fresh process and a fresh cache
+(featurisation included, which is the peak).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+# ------------------------------------------------------------------------------------------------ head
+
+def head_bench(args: argparse.Namespace) -> None:
+    from pace.methods.parts import AnalyticClassifier, AnalyticConfig
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    T, per_class, ways = args.sessions, args.clips_per_class, args.ways
+    g = torch.Generator().manual_seed(0)
+    means = torch.randn(T * ways, args.in_dim, generator=g)
+    print(f"head: {T} sessions x {ways} classes x {per_class} clips, M={args.proj_dim}, D={args.in_dim}, "
+          f"device={device}, threads={torch.get_num_threads()}")
+    for form in args.forms:
+        ridge = "select" if form == "gram" else "fixed"
+        cfg = AnalyticConfig(proj_dim=args.proj_dim, ridge=ridge, lam=args.lam, form=form)
+        clf = AnalyticClassifier(args.in_dim, cfg, seed=0).to(device)
+        window = args.gram_window if form == "gram" else 0
+        times: dict[int, float] = {}
+        for t in range(T):
+            y = torch.arange(t * ways, (t + 1) * ways).repeat_interleave(per_class)
+            gz = torch.Generator().manual_seed(1000 + t)
+            z = (means[y] + 2.0 * torch.randn(len(y), args.in_dim, generator=gz)).to(device)
+            yd = y.to(device)
+            solve = not window or t < window or t >= T - window
+            _sync(device)
+            start = time.perf_counter()
+            if solve:
+                clf.fit_session(z, yd, (t + 1) * ways, torch.Generator().manual_seed(t))
+            else:  # same statistics as a full run; only the (history-independent) solve is skipped
+                clf.head.accumulate(clf.proj(z.float()), yd, (t + 1) * ways)
+            _sync(device)
+            if solve:
+                times[t] = time.perf_counter() - start
+            if args.verbose or t < 3 or t >= T - 3:
+                print(f"  {form:9s} session {t + 1:3d}: {time.perf_counter() - start:8.3f} s"
+                      + ("" if solve else " (accumulate only)"), flush=True)
+        solved = sorted(times)
+        first = [times[t] for t in solved[:20]]
+        last = [times[t] for t in solved[-20:]]
+        total = sum(times.values())
+        est = total / len(times) * T
+        ratio = (sum(last) / len(last)) / (sum(first) / len(first))
+        note = "" if len(times) == T else f" (measured over {len(times)} solved sessions; {T} extrapolated: {est:.1f} s)"
+        print(f"{form:9s} total head time {total:9.1f} s{note}; last-20 / first-20 per-session time = "
+              f"{ratio:.2f}x; lam={clf.last_lam:g}")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ------------------------------------------------------------------------------------------------ rss
+
+def make_folder(root: Path, clips: int, classes: int = 10, seconds: float = 1.0) -> Path:
+    """``root/<class>/<i>.wav``: one-second tones + noise, a pitch per class (cheap to generate)."""
+    import numpy as np
+    import soundfile as sf
+
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    n = int(16_000 * seconds)
+    tt = np.arange(n) / 16_000
+    for i in range(clips):
+        c = i % classes
+        d = root / f"class{c:02d}"
+        d.mkdir(exist_ok=True)
+        wave = 0.3 * np.sin(2 * np.pi * (200 + 90 * c) * tt) + 0.05 * rng.standard_normal(n)
+        sf.write(d / f"{i:06d}.wav", wave.astype(np.float32), 16_000)
+    return root
+
+
+RUN_YAML = """\
+data: {{dataset: folder, root: {root}}}
+backbone: {{name: logmel-stats}}
+method: {{name: simplecil}}
+scenario: {{num_sessions: 5, test_fraction: 0.2}}
+runtime: {{device: cpu, num_threads: 1, progress: false, cache_dir: {cache}}}
+"""
+
+
+def peak_rss_mib(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """(peak RSS MiB, wall s) of one command by GNU time."""
+    start = time.perf_counter()
+    res = subprocess.run(["/usr/bin/time", "-v", *cmd], env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if res.returncode != 0:
+        sys.exit(f"bench/scale.py: {' '.join(cmd)} failed:\n{res.stderr[-3000:]}")
+    kib = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", res.stderr).group(1))
+    return kib / 1024, wall
+
+
+def rss_bench(args: argparse.Namespace) -> None:
+    work = Path(args.work or tempfile.mkdtemp(prefix="pace-scale-"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    peaks = []
+    for clips in args.clips:
+        folder = make_folder(work / f"clips{clips}", clips)
+        cfg = work / f"run{clips}.yaml"
+        cfg.write_text(RUN_YAML.format(root=folder, cache=work / f"cache{clips}"))
+        cmd = [sys.executable, "-m", "pace.cli", "run", str(cfg), "--out", str(work / f"out{clips}")]
+        peak, wall = peak_rss_mib(cmd, env)
+        peaks.append(peak)
+        print(f"rss: {clips:6d} clips: peak RSS {peak:8.1f} MiB, wall {wall:6.1f} s", flush=True)
+    if len(peaks) > 1:
+        print(f"rss: growth {args.clips[0]} -> {args.clips[-1]} clips: {peaks[-1] - peaks[0]:.1f} MiB "
+              f"({1024 * (peaks[-1] - peaks[0]) / (args.clips[-1] - args.clips[0]):.1f} KiB per clip)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    h = sub.add_parser("head", help="analytic head over many small sessions (TIMIT-2 shape)")
+    h.add_argument("--sessions", type=int, default=315)
+    h.add_argument("--ways", type=int, default=2)
+    h.add_argument("--clips-per-class", type=int, default=8)
+    h.add_argument("--proj-dim", type=int, default=8192)
+    h.add_argument("--in-dim", type=int, default=768)
+    h.add_argument("--lam", type=float, default=1.0, help="the recursive form's fixed lam")
+    h.add_argument("--forms", nargs="+", choices=["gram", "recursive"], default=["recursive", "gram"])
+    h.add_argument("--gram-window", type=int, default=20,
+                   help="Gram form: solve only the first and last this many sessions (0: all)")
+    h.add_argument("--device", default="auto")
+    h.add_argument("--threads", type=int, default=None)
+    h.add_argument("--verbose", action="store_true")
+    r = sub.add_parser("rss", help="peak RSS of pace run vs the number of clips")
+    r.add_argument("--clips", type=int, nargs="+", default=[300, 2000])
+    r.add_argument("--work", default=None, help="folder for generated data, caches and runs (default: a temp dir)")
+    args = ap.parse_args()
+    {"head": head_bench, "rss": rss_bench}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()
