@@ -118,7 +118,9 @@ runtime: {{device: cpu, num_threads: 1, progress: false, cache_dir: {cache}}}
 def peak_rss_mib(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
     """(peak RSS MiB, wall s) of one command by GNU time."""
     start = time.perf_counter()
-    res = subprocess.run(["/usr/bin/time", "-v", *cmd], env=env, capture_output=True, text=True)
+    # cwd outside any checkout: ``python -m`` puts the cwd first on sys.path, ahead of PYTHONPATH
+    res = subprocess.run(["/usr/bin/time", "-v", *cmd], env=env, capture_output=True, text=True,
+                         cwd=tempfile.gettempdir())
     wall = time.perf_counter() - start
     if res.returncode != 0:
         sys.exit(f"bench/scale.py: {' '.join(cmd)} failed:\n{res.stderr[-3000:]}")
@@ -128,13 +130,17 @@ def peak_rss_mib(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
 
 def rss_bench(args: argparse.Namespace) -> None:
     work = Path(args.work or tempfile.mkdtemp(prefix="pace-scale-"))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": args.repo or str(Path(__file__).resolve().parents[1])}
     peaks = []
     for clips in args.clips:
-        folder = make_folder(work / f"clips{clips}", clips)
-        cfg = work / f"run{clips}.yaml"
-        cfg.write_text(RUN_YAML.format(root=folder, cache=work / f"cache{clips}"))
-        cmd = [sys.executable, "-m", "pace.cli", "run", str(cfg), "--out", str(work / f"out{clips}")]
+        folder = work / f"clips{clips}"
+        if not folder.is_dir():
+            make_folder(folder, clips)
+        tag = f"{clips}-{time.time_ns()}"  # fresh cache and output: featurisation is part of the peak
+        cfg = work / f"run{tag}.yaml"
+        cfg.write_text(RUN_YAML.format(root=folder, cache=work / f"cache{tag}"))
+        cmd = [sys.executable, "-m", "pace.cli", "run", str(cfg), "--out", str(work / f"out{tag}")]
         peak, wall = peak_rss_mib(cmd, env)
         peaks.append(peak)
         print(f"rss: {clips:6d} clips: peak RSS {peak:8.1f} MiB, wall {wall:6.1f} s", flush=True)
@@ -162,6 +168,7 @@ def main() -> None:
     r = sub.add_parser("rss", help="peak RSS of pace run vs the number of clips")
     r.add_argument("--clips", type=int, nargs="+", default=[300, 2000])
     r.add_argument("--work", default=None, help="folder for generated data, caches and runs (default: a temp dir)")
+    r.add_argument("--repo", default=None, help="run another checkout's pace (e.g. main, for a before/after)")
     args = ap.parse_args()
     {"head": head_bench, "rss": rss_bench}[args.cmd](args)
 

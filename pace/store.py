@@ -1,11 +1,11 @@
 """The feature store: frontend features of a whole data set on disk, memory-mapped, read per batch.
 
 One entry per (data set, frontend, storage dtype): ``<root>/features/<sha>.rows`` holds the rows back
-to back in a flat raw array, and ``<sha>.json`` the index (key, row shape, dtype, per-row offsets,
-kept items, bad files, checksum). Why a raw ``numpy.memmap`` and not safetensors or zarr: rows are
-written one clip at a time as they are computed (safetensors needs every tensor in memory to write a
-file), any set of rows is a zero-copy slice of a page-cached mapping that every trial on a node shares,
-and reading needs nothing beyond numpy.
+to back in a flat raw array (``numpy.memmap``-able as is), and ``<sha>.json`` the index (key, row
+shape, dtype, per-row offsets, kept items, bad files, checksum). Why a raw array and not safetensors
+or zarr: rows are written one clip at a time as they are computed (safetensors needs every tensor in
+memory to write a file), a clip is one contiguous byte range that a single ``pread`` fetches from the
+OS page cache every trial on a node shares, and nothing beyond numpy is needed.
 
 Compact: a frontend pads every clip to its fixed length (``target_frames``) with a constant row; the
 store keeps each clip only up to its last non-padding row and restores the padding on read, so a
@@ -21,6 +21,7 @@ would be read in full by every trial).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -54,7 +55,7 @@ class StoredFeatures:
     kept: list[int]
     bad: list[tuple[str, str]]
     checksum: str
-    flat: np.ndarray  # memmap (total, *row_shape[1:])
+    dtype: np.dtype  # storage dtype
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -64,30 +65,64 @@ class StoredFeatures:
         return (len(self), *self.row_shape)
 
     @property
+    def row_bytes(self) -> int:
+        """Bytes per stored leading-dim row (one frame / one sample)."""
+        return int(np.prod(self.row_shape[1:], dtype=np.int64)) * self.dtype.itemsize
+
+    @property
     def nbytes(self) -> int:
-        return int(self.flat.nbytes)
+        return int(self.offsets[-1]) * self.row_bytes
+
+    @property
+    def flat(self) -> np.ndarray:
+        """The whole entry as a read-only ``numpy.memmap`` (tools; trials read with ``rows``)."""
+        return np.memmap(self.path, dtype=self.dtype, mode="r", shape=(int(self.offsets[-1]), *self.row_shape[1:]))
+
+    def _fd(self) -> int:
+        fd = getattr(self, "_fd_cache", None)
+        if fd is None or getattr(self, "_fd_pid", None) != os.getpid():
+            fd = os.open(self.path, os.O_RDONLY)
+            self._fd_cache, self._fd_pid = fd, os.getpid()
+        return fd
 
     def rows(self, idx: Sequence[int] | np.ndarray | torch.Tensor) -> torch.Tensor:
-        """float32 (len(idx), *row_shape), padded exactly as the frontend pads."""
+        """float32 (len(idx), *row_shape), padded exactly as the frontend pads.
+
+        Read with ``pread`` from the OS page cache, which every trial on the node shares; a memory map
+        would do the same I/O but charge every page a trial ever touched to that trial's RSS.
+        """
         idx = np.asarray(idx, dtype=np.int64).reshape(-1)
         out = torch.empty((len(idx), *self.row_shape), dtype=torch.float32)
         out[:] = self.pad_row
-        dst = out.numpy()  # shares memory; numpy copies (and widens fp16) straight from the mapping
+        dst = out.numpy()  # shares memory with out
+        fd, rb, tail = self._fd(), self.row_bytes, self.row_shape[1:]
         for j, i in enumerate(idx.tolist()):
             a, b = int(self.offsets[i]), int(self.offsets[i + 1])
-            if b > a:
-                dst[j, : b - a] = self.flat[a:b]
+            if b <= a:
+                continue
+            if self.dtype == np.float32:  # straight into the output, no intermediate copy
+                got = os.preadv(fd, [memoryview(dst[j, : b - a]).cast("B")], a * rb)
+            else:
+                raw = os.pread(fd, (b - a) * rb, a * rb)
+                got = len(raw)
+                dst[j, : b - a] = np.frombuffer(raw, dtype=self.dtype).reshape(b - a, *tail)
+            if got != (b - a) * rb:
+                raise StoreError(f"feature store data {self.path} is shorter than its index (truncated?)")
         return out
 
     def verify(self) -> bool:
-        return _digest_array(self.flat) == self.checksum
+        """Re-read every byte against the checksum written with the entry."""
+        h = hashlib.blake2b(digest_size=16)
+        with open(self.path, "rb") as f:
+            while chunk := f.read(1 << 24):
+                h.update(chunk)
+        return h.hexdigest() == self.checksum
 
-
-def _digest_array(flat: np.ndarray, chunk_rows: int = 1 << 14) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    for s in range(0, len(flat), chunk_rows):
-        h.update(np.ascontiguousarray(flat[s:s + chunk_rows]).tobytes())
-    return h.hexdigest()
+    def __del__(self) -> None:
+        fd = getattr(self, "_fd_cache", None)
+        if fd is not None and getattr(self, "_fd_pid", None) == os.getpid():
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 def trimmed_length(row: torch.Tensor, pad_row: torch.Tensor | None) -> int:
@@ -134,11 +169,9 @@ class FeatureStore:
         if size != expected:
             raise StoreError(f"feature store data {data} has {size} bytes, its index says {expected}; "
                              f"delete {index} to recompute")
-        flat = (np.memmap(data, dtype=dtype, mode="r", shape=(int(offsets[-1]), *tail)) if expected
-                else np.zeros((0, *tail), dtype=dtype))
         self.opened += 1
         return StoredFeatures(data, key, row_shape, offsets, torch.tensor(meta["pad_row"], dtype=torch.float32),
-                              list(meta["kept"]), [tuple(b) for b in meta["bad"]], meta["checksum"], flat)
+                              list(meta["kept"]), [tuple(b) for b in meta["bad"]], meta["checksum"], dtype)
 
     def write(self, key: str, rows: Iterable[tuple[int, torch.Tensor]], row_shape: Sequence[int],
               pad_row: torch.Tensor | None, dtype: str = "float32",
