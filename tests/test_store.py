@@ -144,25 +144,37 @@ WORKER = textwrap.dedent("""
     (root / f"ready.{name}").touch()
     while not go.exists():  # start together: both miss the entry
         time.sleep(0.01)
-    store = FeatureStore(root / "cache")
-
-    def create(st):
+    def count():
         with open(root / "computations", "a") as f:  # count computations
             f.write(name + "\\n")
-        rows = ((i, torch.full((4, 3), float(i))) for i in range(5))
-        return st.write("k", rows, (4, 3), torch.zeros(3))
+        # Compute only once the other process has asked for the entry too: without single flight it
+        # would then compute as well, whatever the timing.
+        while not all((root / f"entered.{n}").exists() for n in "ab"):
+            time.sleep(0.01)
 
-    entry = store.get_or_create("k", create)
-    print(entry.rows(range(5)).sum().item())
+    (root / f"entered.{name}").touch()
+
+    if sys.argv[4] == "store":
+        def create(st):
+            count()
+            rows = ((i, torch.full((4, 3), float(i))) for i in range(5))
+            return st.write("k", rows, (4, 3), torch.zeros(3))
+
+        print(FeatureStore(root / "cache").get_or_create("k", create).rows(range(5)).sum().item())
+    else:
+        from pace.cache import FeatureCache
+        out = FeatureCache(root / "cache").get_or_compute("k", lambda: count() or {"z": torch.arange(5.0)})
+        print(out["z"].sum().item() * 12)
 """)
 
 
-def test_two_processes_compute_a_missing_entry_once(tmp_path):
+@pytest.mark.parametrize("kind", ["store", "cache"])
+def test_two_processes_compute_a_missing_entry_once(tmp_path, kind):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     go = tmp_path / "go"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path), n, str(go)], env=env,
+    procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path), n, str(go), kind], env=env,
                               stdout=subprocess.PIPE, text=True) for n in ("a", "b")]
     while not all((tmp_path / f"ready.{n}").exists() for n in ("a", "b")):
         if any(p.poll() is not None for p in procs):
