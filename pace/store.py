@@ -285,6 +285,8 @@ class LazyRows:
         if isinstance(item, slice):
             return self._store.rows(self._index[item])
         sel = torch.as_tensor(item)
+        if sel.dim() == 0 and not sel.dtype.is_floating_point and sel.dtype != torch.bool:
+            return self[int(sel)]  # a numpy / 0-d tensor integer: one row, no batch dim (as a tensor does)
         if sel.dtype == torch.bool:
             sel = torch.nonzero(sel).reshape(-1)
         return self._store.rows(self._index[sel.numpy()])

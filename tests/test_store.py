@@ -43,6 +43,9 @@ def test_store_rows_are_byte_identical_to_the_frontend(tmp_path, frontend):
     assert torch.equal(tab.x[:], ref.x)
     idx = torch.tensor([5, 0, 11, 5])
     assert torch.equal(tab.x[idx], ref.x[idx]) and torch.equal(tab.x[3], ref.x[3])
+    assert torch.equal(tab.x[np.int64(-2)], ref.x[-2]) and torch.equal(tab.x[torch.tensor(4)], ref.x[4])
+    mask = torch.arange(len(ref.x)) % 3 == 0
+    assert torch.equal(tab.x[mask], ref.x[mask]) and torch.equal(tab.x[2:9:3], ref.x[2:9:3])
     assert torch.equal(tab.x.take([2, 7])[1:], ref.x[[7]])
     again = extract_features(ds, frontend, cache, progress=False)  # opened, not recomputed
     assert cache.hits == 1 and torch.equal(again.x[:], ref.x)
