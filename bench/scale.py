@@ -2,6 +2,7 @@
 
     python bench/scale.py head [--sessions 315] [--forms gram recursive] [--device auto]
     python bench/scale.py rss [--clips 300 2000]
+    python bench/scale.py sc2 [--trials 1 4] [--real-features]
 
 ``head``: the analytic head over a TIMIT-2-shaped run (315 sessions of 2 classes x 8 clips, M = 8192,
 generated 768-d embeddings), through ``AnalyticClassifier.fit_session`` exactly as RanPAC / PACE call
@@ -17,6 +18,11 @@ its total is extrapolated from the solved sessions; ``--gram-window 0`` solves e
 ``rss``: peak RSS (``/usr/bin/time -v``) of ``pace run`` (SimpleCIL, logmel-stats backbone) on
 generated folders of one-second clips of each size, each in a fresh process and a fresh cache
 (featurisation included, which is the peak).
+
+``sc2``: a Speech-Commands-sized generated data set (35 classes x 3,024 one-second clips), 7 sessions,
+SimpleCIL on logmel-stats: peak RSS per trial, then the same with several trials started at once on
+the node (the store is shared through the page cache; the bench counts how often it was featurised).
+Frontend rows are synthetic unless ``--real-features`` (everything after the frontend is the real path).
 """
 
 from __future__ import annotations
@@ -153,6 +159,85 @@ def rss_bench(args: argparse.Namespace) -> None:
               f"({1024 * (peaks[-1] - peaks[0]) / (args.clips[-1] - args.clips[0]):.1f} KiB per clip)")
 
 
+# ------------------------------------------------------------------------------------------------ sc2
+
+SC2_YAML = """\
+data: {{dataset: synthetic, synthetic_classes: {classes}, synthetic_clips_per_class: {per_class}}}
+backbone: {{name: logmel-stats}}
+method: {{name: simplecil}}
+scenario: {{num_sessions: {sessions}, test_fraction: 0.2}}
+runtime: {{device: cpu, num_threads: 1, progress: false, cache_dir: {cache}}}
+"""
+
+
+def fill_store(cfg_path: Path) -> int:
+    """Write synthetic frontend rows (1 s of frames per clip, a mean per class + noise) into the store
+    entry the runner will open for this config; returns its size in bytes. Only the frontend is skipped:
+    the store, splits, embedding and evaluation are the real code path."""
+    from pace.backbones.registry import build_backbone
+    from pace.config import load_config
+    from pace.data.datasets import build_dataset
+    from pace.data.features import store_key
+    from pace.store import FeatureStore
+
+    torch.set_num_threads(1)  # per-clip tensors are tiny: a thread pool only adds hand-off cost
+    cfg = load_config(cfg_path)
+    ds = build_dataset(cfg.data)
+    fe = build_backbone(cfg.backbone).frontend
+    store = FeatureStore(cfg.runtime.cache_dir)
+    key = store_key(ds, fe)
+    if store.open(key) is not None:
+        return store.open(key).nbytes
+    frames = 101  # 1 s at a 10 ms shift
+    labels = sorted({it.label for it in ds.items})
+    g = torch.Generator().manual_seed(0)
+    means = torch.randn(len(labels), fe.num_mel_bins, generator=g)
+    cls = {lab: i for i, lab in enumerate(labels)}
+    pad = fe.pad_row()
+
+    def rows():
+        for i, it in enumerate(ds.items):
+            row = pad.expand(fe.target_frames, -1).clone()
+            row[:frames] = means[cls[it.label]] + torch.randn(frames, fe.num_mel_bins, generator=g)
+            yield i, row
+
+    return store.write(key, rows(), fe.shape, pad).nbytes
+
+
+def sc2_bench(args: argparse.Namespace) -> None:
+    work = Path(args.work or tempfile.mkdtemp(prefix="pace-sc2-"))
+    work.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    cfg = work / "sc2.yaml"
+    cache = work / f"cache-{args.classes}x{args.clips_per_class}{'-real' if args.real_features else ''}"
+    cfg.write_text(SC2_YAML.format(classes=args.classes, per_class=args.clips_per_class, sessions=args.sessions,
+                                   cache=cache))
+    n = args.classes * args.clips_per_class
+    start = time.perf_counter()
+    size = fill_store(cfg) if not args.real_features else 0
+    print(f"sc2: {n} clips, {args.sessions} sessions; synthetic store entry {size / 2**30:.2f} GiB "
+          f"written in {time.perf_counter() - start:.0f} s" if size else f"sc2: {n} clips (real featurisation)")
+    one = None
+    for k in args.trials:
+        outs = [work / f"out-{k}-{i}-{time.time_ns()}" for i in range(k)]
+        procs = [subprocess.Popen(["/usr/bin/time", "-v", sys.executable, "-m", "pace.cli", "run", str(cfg),
+                                   "--out", str(o), "--quiet"], env=env, cwd=tempfile.gettempdir(),
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for o in outs]
+        t0 = time.perf_counter()
+        errs = [p.communicate()[1] for p in procs]
+        wall = time.perf_counter() - t0
+        if any(p.returncode for p in procs):
+            sys.exit("bench/scale.py sc2: a trial failed:\n" + "\n".join(e[-2000:] for e in errs))
+        peaks = [int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", e).group(1)) / 1024 for e in errs]
+        featurised = sum(e.count("into the feature store") for e in errs)
+        store_mib = sum(f.stat().st_size for f in (cache / "features").glob("*.rows")) / 2**20
+        node = sum(peaks) + store_mib  # private memory of every trial + the store once in the page cache
+        one = one or node
+        print(f"sc2: {k} concurrent trial(s): peak RSS per trial max {max(peaks):.0f} MiB, sum {sum(peaks):.0f} MiB; "
+              f"+ store in the page cache once {store_mib:.0f} MiB = {node:.0f} MiB ({node / one:.2f}x one trial); "
+              f"featurised {featurised}x; wall {wall:.0f} s", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -173,8 +258,16 @@ def main() -> None:
     r.add_argument("--clips", type=int, nargs="+", default=[300, 2000])
     r.add_argument("--work", default=None, help="folder for generated data, caches and runs (default: a temp dir)")
     r.add_argument("--repo", default=None, help="run another checkout's pace (e.g. main, for a before/after)")
+    c = sub.add_parser("sc2", help="a Speech-Commands-sized data set: peak RSS per trial, concurrent trials")
+    c.add_argument("--classes", type=int, default=35)
+    c.add_argument("--clips-per-class", type=int, default=3024, help="35 x 3024 = 105,840 (SC2: 105,829)")
+    c.add_argument("--sessions", type=int, default=7)
+    c.add_argument("--trials", type=int, nargs="+", default=[1, 4], help="concurrency levels to run")
+    c.add_argument("--real-features", action="store_true",
+                   help="featurise the generated audio instead of writing synthetic rows (slow at full size)")
+    c.add_argument("--work", default=None)
     args = ap.parse_args()
-    {"head": head_bench, "rss": rss_bench}[args.cmd](args)
+    {"head": head_bench, "rss": rss_bench, "sc2": sc2_bench}[args.cmd](args)
 
 
 if __name__ == "__main__":

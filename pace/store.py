@@ -129,10 +129,11 @@ def trimmed_length(row: torch.Tensor, pad_row: torch.Tensor | None) -> int:
     """Leading-dim length of ``row`` without its trailing rows equal to ``pad_row`` (bitwise)."""
     if pad_row is None:
         return int(row.shape[0])
-    # Bitwise, not ==: -0.0 == 0.0 and NaN != NaN would make the round trip inexact.
-    bits, pad_bits = row.contiguous().view(torch.int32), pad_row.to(row.dtype).contiguous().view(torch.int32)
-    same = (bits == pad_bits).reshape(row.shape[0], -1).all(dim=1)
-    keep = torch.nonzero(~same)
+    # Bitwise, not ==: -0.0 == 0.0 and NaN != NaN would make the round trip inexact. numpy: a per-clip
+    # op this small costs more in torch's thread pool hand-off than in the comparison itself.
+    bits = row.contiguous().numpy().view(np.int32).reshape(row.shape[0], -1)
+    pad_bits = pad_row.to(row.dtype).contiguous().numpy().view(np.int32).reshape(-1)
+    keep = np.flatnonzero(~(bits == pad_bits).all(axis=1))
     return int(keep[-1]) + 1 if len(keep) else 0
 
 

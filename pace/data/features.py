@@ -71,6 +71,11 @@ def _from_legacy(cache: FeatureCache, key: str) -> tuple[Iterator[tuple[int, tor
     return ((i, x[j:j + 1][0]) for j, i in enumerate(kept)), [tuple(b) for b in json.loads(meta.get("bad", "[]"))]
 
 
+def store_key(dataset: AudioDataset, frontend, skip_bad: bool = False, dtype: str = "float32") -> str:
+    """The feature store key: everything that decides the stored rows."""
+    return f"{_legacy_key(dataset, frontend, skip_bad)}|store|dtype={dtype}"
+
+
 def extract_features(dataset: AudioDataset, frontend, cache: FeatureCache | None = None,
                      skip_bad: bool = False, progress: bool = True, dtype: str = "float32") -> FeatureTable:
     if cache is None:
@@ -85,7 +90,7 @@ def extract_features(dataset: AudioDataset, frontend, cache: FeatureCache | None
 
     store = FeatureStore(cache.root)
     legacy = _legacy_key(dataset, frontend, skip_bad)
-    key = f"{legacy}|store|dtype={dtype}"
+    key = store_key(dataset, frontend, skip_bad, dtype)
     pad_row = frontend.pad_row() if hasattr(frontend, "pad_row") else None
     shape = tuple(frontend.shape)
 
@@ -95,6 +100,9 @@ def extract_features(dataset: AudioDataset, frontend, cache: FeatureCache | None
             rows, old_bad = old
             return st.write(key, rows, shape, pad_row, dtype, bad=lambda: old_bad)
         bad: list[tuple[str, str]] = []
+        # one line per featurisation: a study should print it once per data set x frontend
+        print(f"pace: computing {dataset.name} features ({len(dataset.items)} clips) into the feature store",
+              file=sys.stderr)
         return st.write(key, _rows(dataset, frontend, skip_bad, bad, progress), shape, pad_row, dtype,
                         bad=lambda: bad)
 
