@@ -469,3 +469,22 @@ def test_cheaper_form_and_auto_classifier_give_the_same_ridge() -> None:
     assert fit("auto", 64).head.form == "gram"  # 6 * 60 > 64
     assert rel_err(auto.logits(z.float()), gram.logits(z.float())) < 1e-9
     assert torch.equal(auto.logits(z.float()).argmax(1), gram.logits(z.float()).argmax(1))
+
+
+def test_recursive_head_adds_classes_without_copying_w_and_round_trips() -> None:
+    H, y = projected()
+    head = AnalyticHead(M, "recursive", lam=0.3)
+    sessions = class_sessions(y, list(range(1, K)))  # ten one-class sessions
+    head.accumulate(H[sessions[0]], y[sessions[0]])
+    ptr = head.W.data_ptr()
+    for idx in sessions[1:8]:
+        head.accumulate(H[idx], y[idx])
+    assert head.W.shape == (M, 8) and head.W.data_ptr() == ptr  # grown in place (capacity 16)
+    assert rel_err(head.W, batch_ridge(H[y < 8], y[y < 8], 0.3, 8)) < 1e-8
+    fresh = AnalyticHead(M, "recursive", lam=0.3)
+    fresh.load_state_dict(roundtrip(head.state_dict()))
+    assert torch.equal(fresh.W, head.W) and torch.equal(fresh.R, head.R)
+    for idx in sessions[8:]:  # the loaded head grows on (a new spare) and stays the same ridge
+        head.accumulate(H[idx], y[idx])
+        fresh.accumulate(H[idx], y[idx])
+    assert torch.equal(fresh.W, head.W) and rel_err(head.W, batch_ridge(H, y, 0.3)) < 1e-8

@@ -356,7 +356,20 @@ class AnalyticHead(GrowingBuffers):
             self.C = pad_columns(self.C, num_classes)
             self._stale = self._stale or self.W.shape[1] != self.C.shape[1]
         else:
-            self.W = pad_columns(self.W, num_classes)
+            self._grow_w(num_classes)
+
+    def _grow_w(self, k: int) -> None:
+        """Recursive form: W is a column prefix of a zero-filled (M, capacity) tensor that doubles when
+        full, so adding a session's classes does not copy W (that copy grew with K every session)."""
+        W = self.W
+        if W.shape[1] >= k:
+            return
+        spare = getattr(self, "_w_spare", None)
+        if spare is None or spare.data_ptr() != W.data_ptr() or spare.shape[1] < k or spare.device != W.device:
+            spare = W.new_zeros(W.shape[0], max(k, 2 * W.shape[1], 16))
+            spare[:, : W.shape[1]] = W
+            self._w_spare = spare  # plain attribute, not state: a loaded or moved W starts a new one
+        self.W = spare[:, :k]
 
     def _require_f64(self) -> None:
         for name in ("G", "C", "R", "W"):
@@ -402,14 +415,15 @@ class AnalyticHead(GrowingBuffers):
         self.R.addmm_(T.T, T, alpha=-1.0)  # R - (X R)^T S^-1 (X R), in place (no M x M temporary)
         # R_new X^T = R X^T S^-1 (push-through), so no second M x M product is needed.
         RnX = torch.cholesky_solve(RX.T, L).T
-        step = RnX @ (Y - X @ self.W)
+        resid = Y - X @ self.W
         hint = "the features are too ill-conditioned for this lam; use a larger lam"
-        # R and W were finite before and change only by T^T T and `step`: checking those (b x M and
-        # M x K) instead of R and W saves a full pass over the (M, M) R per step (it dominated small
-        # sessions); the arithmetic is unchanged.
+        # R and W were finite before and change only by T^T T and RnX resid: checking the small factors
+        # (b x M, M x b, b x K) instead of R and W saves full passes over the (M, M) R and the (M, K) W
+        # per step (they dominated small sessions); the arithmetic is unchanged.
         check_finite(T, "recursive statistics R", hint)
-        check_finite(step, "recursive ridge weights W", hint)
-        self.W.add_(step)
+        check_finite(RnX, "recursive ridge weights W", hint)
+        check_finite(resid, "recursive ridge weights W", hint)
+        self.W.add_(RnX @ resid)
 
     def solve(self, lam: float | None = None) -> torch.Tensor:
         """Compute (Gram) or return (recursive) W = (G + lam I)^-1 C, shape (M, K)."""
