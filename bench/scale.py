@@ -219,8 +219,15 @@ def sc2_bench(args: argparse.Namespace) -> None:
           f"written in {time.perf_counter() - start:.0f} s" if size else f"sc2: {n} clips (real featurisation)")
     one = None
     for k in args.trials:
-        outs = [work / f"out-{k}-{i}-{time.time_ns()}" for i in range(k)]
-        procs = [subprocess.Popen(["/usr/bin/time", "-v", sys.executable, "-m", "pace.cli", "run", str(cfg),
+        # a fresh embedding cache per level, the store shared: concurrent trials then share the
+        # embedding work through single flight instead of reading what the previous level left
+        level = work / f"level-{k}-{time.time_ns()}"
+        (level / "cache").mkdir(parents=True)
+        (level / "cache" / "features").symlink_to(cache / "features")
+        cfg_k = level / "sc2.yaml"
+        cfg_k.write_text(cfg.read_text().replace(f"cache_dir: {cache}", f"cache_dir: {level / 'cache'}"))
+        outs = [level / f"out-{i}" for i in range(k)]
+        procs = [subprocess.Popen(["/usr/bin/time", "-v", sys.executable, "-m", "pace.cli", "run", str(cfg_k),
                                    "--out", str(o), "--quiet"], env=env, cwd=tempfile.gettempdir(),
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for o in outs]
         t0 = time.perf_counter()

@@ -137,8 +137,30 @@ def trimmed_length(row: torch.Tensor, pad_row: torch.Tensor | None) -> int:
     return int(keep[-1]) + 1 if len(keep) else 0
 
 
+_MALLOC_PINNED = False
+
+
+def _keep_batches_in_mmap() -> None:
+    """Pin glibc's mmap threshold at its default (128 KiB).
+
+    glibc raises the threshold to the size of the largest freed mmapped block (up to 32 MiB); after the
+    first freed batch every per-batch tensor (rows read from the store, backbone temporaries: a few
+    MiB each) comes from the heap instead, whose freed memory fragments and stays resident: +1.4 GiB
+    of RSS over a 105k-clip run, against a flat RSS with the threshold pinned.
+    """
+    global _MALLOC_PINNED
+    if _MALLOC_PINNED:
+        return
+    _MALLOC_PINNED = True
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD; not glibc: no-op
+
+
 class FeatureStore:
     def __init__(self, root: str | Path):
+        _keep_batches_in_mmap()
         self.root = Path(root) / "features"
         self.computed = 0  # entries this process computed (single-flight: once per study)
         self.opened = 0
