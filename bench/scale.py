@@ -223,6 +223,7 @@ def sc2_bench(args: argparse.Namespace) -> None:
         # embedding work through single flight instead of reading what the previous level left
         level = work / f"level-{k}-{time.time_ns()}"
         (level / "cache").mkdir(parents=True)
+        (cache / "features").mkdir(parents=True, exist_ok=True)
         (level / "cache" / "features").symlink_to(cache / "features")
         cfg_k = level / "sc2.yaml"
         cfg_k.write_text(cfg.read_text().replace(f"cache_dir: {cache}", f"cache_dir: {level / 'cache'}"))
