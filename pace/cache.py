@@ -3,7 +3,8 @@
 An entry is a safetensors file named by the sha256 of its key (a string describing every input that
 decides the output). It is written to a temporary file and renamed into place, so a reader never sees
 a half-written entry, and it carries a checksum of its tensors, so a corrupt entry is detected on read,
-removed and recomputed. On a cluster, point ``runtime.cache_dir`` at shared storage.
+removed and recomputed. A missing entry is computed by one process while concurrent ones wait for it
+(``pace.lock``). On a cluster, point ``runtime.cache_dir`` at shared storage.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from typing import Callable
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from pace.lock import file_lock
 
 
 class CacheError(RuntimeError):
@@ -99,13 +102,17 @@ class FeatureCache:
     def get_or_compute(self, key: str, compute: Callable[[], dict[str, torch.Tensor]],
                        meta: dict[str, str] | None = None) -> dict[str, torch.Tensor]:
         hit = self.load(key)
-        if hit is not None:
-            self.hits += 1
-            return hit[0]
-        self.misses += 1
-        tensors = compute()
-        self.save(key, tensors, meta)
-        return tensors
+        if hit is None:
+            # Single flight: one process (on any node sharing the cache) computes, the others wait and read.
+            with file_lock(self.path(key).with_suffix(".lock")):
+                hit = self.load(key)
+                if hit is None:
+                    self.misses += 1
+                    tensors = compute()
+                    self.save(key, tensors, meta)
+                    return tensors
+        self.hits += 1
+        return hit[0]
 
 
 def tensor_digest(keys: list[str]) -> str:

@@ -109,6 +109,8 @@ class RuntimeConfig(Strict):
     #: content-addressed cache of features/embeddings; None = $PACE_CACHE_DIR or ~/.cache/pace
     cache_dir: str | None = None
     use_cache: bool = True
+    #: storage type of frontend features in the feature store (float16: half the disk and page cache)
+    feature_dtype: Literal["float32", "float16"] = "float32"
     progress: bool = True
     #: bf16 autocast for backbone forward passes on CUDA
     bf16: bool = True

@@ -33,6 +33,7 @@ from pace.methods.diagnostics import diagnostic_metrics, inert_flags, json_safe
 from pace.provenance import provenance
 from pace.runfolder import (CHECKPOINT, RunFolder, data_identity, json_bytes,  # noqa: F401
                             save_checkpoint, write_all)
+from pace.store import LazyRows
 
 
 @dataclass
@@ -124,8 +125,8 @@ class Runner:
         self.backbone = build_backbone(cfg.backbone, init_seed=cfg.seeds.init).to(self.device)
         dataset = build_dataset(cfg.data)
         self.dataset = dataset
-        self.table = extract_features(dataset, self.backbone.frontend, self.cache,
-                                      skip_bad=cfg.data.skip_bad, progress=cfg.runtime.progress)
+        self.table = extract_features(dataset, self.backbone.frontend, self.cache, skip_bad=cfg.data.skip_bad,
+                                      progress=cfg.runtime.progress, dtype=cfg.runtime.feature_dtype)
         self.scenario = build_scenario(self.table.items, cfg.scenario, cfg.seeds)
         if self.scenario.num_classes < 2:
             warnings.warn(f"the run has a single class ({self.scenario.class_order[0]!r}): every prediction "
@@ -153,8 +154,11 @@ class Runner:
                   before=self.folder.clear_results if clear else None)
 
     def split(self, rows: list[int]) -> Split:
+        """A split indexes into the feature table; with the store its rows load per batch, on use."""
         idx = torch.tensor(rows, dtype=torch.long)
-        return Split(self.table.x[idx], self.y_all[idx], [self.keys_all[i] for i in rows])
+        x = self.table.x
+        return Split(x.take(rows) if isinstance(x, LazyRows) else x[idx], self.y_all[idx],
+                     [self.keys_all[i] for i in rows])
 
     def test_split(self, i: int) -> Split:
         """Session i's test split, gathered once: every later session evaluates it again."""

@@ -19,7 +19,9 @@ from pace.heads import (
     RidgePath,
     fit_session_ranpac,
     select_ridge,
+    cheaper_form,
     select_ridge_direct,
+    select_ridge_reference,
     solve_ridge,
 )
 from pace.heads._util import one_hot
@@ -409,3 +411,80 @@ def test_linear_heads_roundtrip_into_smaller_head(cls: type[LinearHead]) -> None
     fresh.load_state_dict(roundtrip(head.state_dict()))
     x = torch.randn(3, 8)
     assert fresh.num_classes == 6 and torch.equal(fresh(x), head(x))
+
+
+# --------------------------------------------------------------------------------------------------
+# Bottom of the grid with N < M: which path is right
+
+
+def _unscaled_small_session(n_fit: int = 40, dim: int = 512, seed: int = 3):
+    """Unscaled ReLU projection (RanPAC's), N << M: H^T H + 1e-8 I has cond ~ 1e13 or worse."""
+    z, y = clustered(10, seed=seed)
+    H = RandomProjection(16, dim, "relu", seed=11, dtype=F64)(z)
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    H, y = H[perm], y[perm]
+    return H[:n_fit], y[:n_fit], H[n_fit:n_fit + 40], y[n_fit:n_fit + 40]
+
+
+def test_reference_is_the_dual_solve_when_n_below_m() -> None:
+    Htr, ytr, Hval, yval = _unscaled_small_session()
+    ref = select_ridge_reference(Htr, ytr, Hval, yval, num_classes=K)
+    Y = one_hot(ytr, K)
+    Kx = Htr @ Htr.T
+    for i, lam in enumerate(RIDGE_GRID):  # written out: dual solve by LU, validation MSE by hand
+        pred = Hval @ (Htr.T @ torch.linalg.solve(Kx + lam * torch.eye(len(ytr), dtype=F64), Y))
+        mse = float((pred - one_hot(yval, K)).square().mean())
+        assert abs(float(ref.mse[i]) - mse) <= 1e-10 * mse, lam
+
+
+def test_one_decomposition_selection_matches_the_f64_reference_at_the_bottom_of_the_grid() -> None:
+    Htr, ytr, Hval, yval = _unscaled_small_session()
+    ref = select_ridge_reference(Htr, ytr, Hval, yval, num_classes=K)
+    fast = select_ridge(Htr, ytr, Hval, yval, num_classes=K)
+    assert float(((fast.mse - ref.mse).abs() / ref.mse).max()) < 1e-8  # every lam, 1e-8 included
+    assert (fast.lam, fast.index) == (ref.lam, ref.index)
+    assert torch.equal(fast.accuracy, ref.accuracy)
+    # The per-lam M x M solve is the inaccurate one down there (cond ~ ||G|| / lam).
+    direct = select_ridge_direct(Htr, ytr, Hval, yval, num_classes=K)
+    assert float((direct.mse[0] - ref.mse[0]).abs() / ref.mse[0]) > 1e3 * float(
+        (fast.mse[0] - ref.mse[0]).abs() / ref.mse[0])
+
+
+def test_cheaper_form_and_auto_classifier_give_the_same_ridge() -> None:
+    from pace.methods.parts import AnalyticClassifier, AnalyticConfig
+
+    assert cheaper_form(8192, 16) == "recursive" and cheaper_form(8192, 5000) == "gram"
+    z, y = clustered(PER_CLASS)
+    sessions = class_sessions(y, [2, 5])  # first session: 60 rows
+
+    def fit(form: str, proj: int) -> AnalyticClassifier:
+        cfg = AnalyticConfig(proj_dim=proj, ridge="fixed", lam=0.3, form=form, scale=0.25)
+        clf = AnalyticClassifier(16, cfg, seed=7)
+        for idx in sessions:
+            clf.fit_session(z[idx].float(), y[idx], int(y[idx].max()) + 1, torch.Generator())
+        return clf
+
+    auto, gram = fit("auto", 512), fit("gram", 512)
+    assert auto.head.form == "recursive"  # 6 * 60 < 512
+    assert fit("auto", 64).head.form == "gram"  # 6 * 60 > 64
+    assert rel_err(auto.logits(z.float()), gram.logits(z.float())) < 1e-9
+    assert torch.equal(auto.logits(z.float()).argmax(1), gram.logits(z.float()).argmax(1))
+
+
+def test_recursive_head_adds_classes_without_copying_w_and_round_trips() -> None:
+    H, y = projected()
+    head = AnalyticHead(M, "recursive", lam=0.3)
+    sessions = class_sessions(y, list(range(1, K)))  # ten one-class sessions
+    head.accumulate(H[sessions[0]], y[sessions[0]])
+    ptr = head.W.data_ptr()
+    for idx in sessions[1:8]:
+        head.accumulate(H[idx], y[idx])
+    assert head.W.shape == (M, 8) and head.W.data_ptr() == ptr  # grown in place (capacity 16)
+    assert rel_err(head.W, batch_ridge(H[y < 8], y[y < 8], 0.3, 8)) < 1e-8
+    fresh = AnalyticHead(M, "recursive", lam=0.3)
+    fresh.load_state_dict(roundtrip(head.state_dict()))
+    assert torch.equal(fresh.W, head.W) and torch.equal(fresh.R, head.R)
+    for idx in sessions[8:]:  # the loaded head grows on (a new spare) and stays the same ridge
+        head.accumulate(H[idx], y[idx])
+        fresh.accumulate(H[idx], y[idx])
+    assert torch.equal(fresh.W, head.W) and rel_err(head.W, batch_ridge(H, y, 0.3)) < 1e-8

@@ -1,61 +1,122 @@
 """Frontend features for a whole data set, computed once per clip and reused.
 
-The result is cached by (data set fingerprint, frontend settings); bad files either stop the run
+With a cache, features live in the memory-mapped feature store (``pace.store``): one entry per
+(data set fingerprint, frontend settings, storage dtype), computed by one process while concurrent
+trials wait for it, and read per batch, so a trial never holds the whole data set. Without a cache
+they are computed into memory (``FeatureTable.x`` is then a tensor). Bad files either stop the run
 with an error naming the file, or, with ``skip_bad``, are listed and left out.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
+from typing import Iterator
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from pace.cache import FeatureCache
 from pace.data.audio import AudioError, samples_used_by
 from pace.data.datasets import AudioDataset, Item
+from pace.store import FeatureStore, LazyRows, StoredFeatures
 
 
 @dataclass
 class FeatureTable:
-    x: torch.Tensor  # (N, *frontend.shape), one row per kept item
+    x: torch.Tensor | LazyRows  # (N, *frontend.shape), one row per kept item
     items: list[Item]  # the kept items, aligned with x
     bad: list[tuple[str, str]] = field(default_factory=list)  # (item key, reason) of skipped files
 
 
+def _rows(dataset: AudioDataset, frontend, skip_bad: bool, bad: list[tuple[str, str]],
+          progress: bool) -> Iterator[tuple[int, torch.Tensor]]:
+    any_row = False
+    used = samples_used_by(frontend)  # a very long clip is read only in part
+    for i, item in enumerate(tqdm(dataset.items, desc=f"features {dataset.name}", unit="clip",
+                                  disable=not progress, leave=False)):
+        try:
+            row = frontend(dataset.waveform(item, use_samples=used))
+        except AudioError as exc:
+            if not skip_bad:
+                raise
+            bad.append((item.key, exc.reason))
+            continue
+        any_row = True
+        yield i, row
+    if not any_row:
+        raise AudioError(dataset.name, "no readable clips")
+
+
+def _legacy_key(dataset: AudioDataset, frontend, skip_bad: bool) -> str:
+    """The key of a pre-store cache entry (one safetensors file holding the whole padded table)."""
+    return f"features|{dataset.name}|{dataset.fingerprint()}|{frontend.key()}|skip_bad={skip_bad}"
+
+
+def _from_legacy(cache: FeatureCache, key: str) -> tuple[Iterator[tuple[int, torch.Tensor]], list] | None:
+    """Rows of an old cache entry, streamed slice by slice (never loaded whole), or None."""
+    path = cache.path(key)
+    if not path.is_file():
+        return None
+    from safetensors import safe_open
+
+    f = safe_open(str(path), framework="pt")
+    meta = dict(f.metadata() or {})
+    if meta.get("pace_key") != key:
+        return None
+    kept = f.get_tensor("kept").tolist()
+    x = f.get_slice("x")
+    print(f"pace: converting the old feature cache entry {path} into the feature store (once)", file=sys.stderr)
+    return ((i, x[j:j + 1][0]) for j, i in enumerate(kept)), [tuple(b) for b in json.loads(meta.get("bad", "[]"))]
+
+
+def store_key(dataset: AudioDataset, frontend, skip_bad: bool = False, dtype: str = "float32") -> str:
+    """The feature store key: everything that decides the stored rows."""
+    return f"{_legacy_key(dataset, frontend, skip_bad)}|store|dtype={dtype}"
+
+
 def extract_features(dataset: AudioDataset, frontend, cache: FeatureCache | None = None,
-                     skip_bad: bool = False, progress: bool = True) -> FeatureTable:
-    key = f"features|{dataset.name}|{dataset.fingerprint()}|{frontend.key()}|skip_bad={skip_bad}"
+                     skip_bad: bool = False, progress: bool = True, dtype: str = "float32") -> FeatureTable:
+    if cache is None:
+        if dtype != "float32":
+            raise ValueError(f"runtime.feature_dtype={dtype!r} needs the feature store (runtime.use_cache: true)")
+        bad: list[tuple[str, str]] = []
+        kept, rows = [], []
+        for i, row in _rows(dataset, frontend, skip_bad, bad, progress):
+            kept.append(i)
+            rows.append(row)
+        return FeatureTable(x=torch.stack(rows), items=[dataset.items[i] for i in kept], bad=bad)
 
-    def compute() -> tuple[dict[str, torch.Tensor], list[tuple[str, str]]]:
-        rows, kept, bad = [], [], []
-        used = samples_used_by(frontend)  # a very long clip is read only in part
-        for i, item in enumerate(tqdm(dataset.items, desc=f"features {dataset.name}", unit="clip",
-                                      disable=not progress, leave=False)):
-            try:
-                rows.append(frontend(dataset.waveform(item, use_samples=used)))
-                kept.append(i)
-            except AudioError as exc:
-                if not skip_bad:
-                    raise
-                bad.append((item.key, exc.reason))
-        if not rows:
-            raise AudioError(dataset.name, "no readable clips")
-        return {"x": torch.stack(rows), "kept": torch.tensor(kept, dtype=torch.long)}, bad
+    store = FeatureStore(cache.root)
+    legacy = _legacy_key(dataset, frontend, skip_bad)
+    key = store_key(dataset, frontend, skip_bad, dtype)
+    pad_row = frontend.pad_row() if hasattr(frontend, "pad_row") else None
+    shape = tuple(frontend.shape)
 
-    hit = cache.load(key) if cache is not None else None
-    if hit is not None:
-        tensors, meta = hit
-        cache.hits += 1
-        bad = [tuple(b) for b in json.loads(meta.get("bad", "[]"))]
-    else:
-        if progress:  # often the first long stage of a run: say so on stdout before its bar starts
+    def create(st: FeatureStore) -> StoredFeatures:
+        old = _from_legacy(cache, legacy)
+        if old is not None:
+            rows, old_bad = old
+            return st.write(key, rows, shape, pad_row, dtype, bad=lambda: old_bad)
+        bad: list[tuple[str, str]] = []
+        # one line per featurisation (a study prints it once per data set x frontend); with progress
+        # on, it is the first long stage of a run: say so on stdout before its bar starts
+        if progress:
             print(f"featurising {len(dataset.items)} clips of {dataset.name} (once: cached for later runs)",
                   flush=True)
-        tensors, bad = compute()
-        if cache is not None:
-            cache.misses += 1
-            cache.save(key, tensors, {"bad": json.dumps(bad)})
-    items = [dataset.items[i] for i in tensors["kept"].tolist()]
-    return FeatureTable(x=tensors["x"], items=items, bad=bad)
+        else:
+            print(f"pace: computing {dataset.name} features ({len(dataset.items)} clips) into the feature store",
+                  file=sys.stderr)
+        return st.write(key, _rows(dataset, frontend, skip_bad, bad, progress), shape, pad_row, dtype,
+                        bad=lambda: bad)
+
+    before = store.computed
+    entry = store.get_or_create(key, create)
+    if store.computed > before:
+        cache.misses += 1
+    else:
+        cache.hits += 1
+    items = [dataset.items[i] for i in entry.kept]
+    return FeatureTable(x=LazyRows(entry, np.arange(len(entry))), items=items, bad=entry.bad)

@@ -83,6 +83,10 @@ class FbankFrontend:
     def key(self) -> str:
         return _key(self)
 
+    def pad_row(self) -> torch.Tensor:
+        """The frame that pads a short clip, computed by the same float32 ops as ``__call__``."""
+        return (torch.zeros(self.num_mel_bins) - self.norm_mean) / (2.0 * self.norm_std)
+
     @property
     def shape(self) -> tuple[int, int]:
         return (self.target_frames, self.num_mel_bins)
@@ -109,6 +113,10 @@ class WaveformFrontend:
 
     def key(self) -> str:
         return _key(self)
+
+    def pad_row(self) -> torch.Tensor:
+        """The padding sample (zeros are appended after normalisation)."""
+        return torch.zeros(())
 
     @property
     def shape(self) -> tuple[int]:

@@ -6,9 +6,11 @@ from pace.heads.analytic import (
     RandomProjection,
     RidgePath,
     RidgeSelection,
+    cheaper_form,
     fit_session_ranpac,
     select_ridge,
     select_ridge_direct,
+    select_ridge_reference,
     solve_ridge,
 )
 from pace.heads.linear import CosineHead, LinearHead
@@ -23,8 +25,10 @@ __all__ = [
     "RandomProjection",
     "RidgePath",
     "RidgeSelection",
+    "cheaper_form",
     "fit_session_ranpac",
     "select_ridge",
     "select_ridge_direct",
+    "select_ridge_reference",
     "solve_ridge",
 ]

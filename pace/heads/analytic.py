@@ -11,8 +11,14 @@ Both forms give the joint ridge solution over all sessions, independent of how c
   each update inverts only an (N_b, N_b) matrix.
 
 Ridge selection (``select_ridge``) evaluates a whole lam grid from ONE symmetric eigendecomposition
-of the smaller Gram matrix of the fit features; ``select_ridge_direct`` is the reference that does
-one M x M solve per grid value, as RanPAC's code does.
+of the smaller Gram matrix of the fit features; ``select_ridge_direct`` does one M x M solve per grid
+value, as RanPAC's code does, and ``select_ridge_reference`` one solve per value in the better
+conditioned of the primal and dual systems (the float64 reference the tests hold the others to).
+
+Cost per session of b rows (M projected dims, K classes): Gram form ``M^2 b`` to accumulate plus
+``M^3 / 3`` for every solve (a new lam, or any lam after new data); recursive form ``~2 M^2 b``.
+Many small sessions -> recursive (fixed lam); few sessions larger than ~M/6 rows, or a lam chosen
+per session -> Gram. ``cheaper_form`` encodes that rule.
 """
 
 from __future__ import annotations
@@ -255,6 +261,27 @@ def select_ridge(H_train: torch.Tensor, y_train: torch.Tensor, H_val: torch.Tens
     return _select(preds, yval, grid, criterion)
 
 
+def select_ridge_reference(H_train: torch.Tensor, y_train: torch.Tensor, H_val: torch.Tensor,
+                           y_val: torch.Tensor, grid: Sequence[float] = RIDGE_GRID, criterion: Criterion = "mse",
+                           num_classes: int | None = None) -> RidgeSelection:
+    """Float64 reference: one solve per grid value, in the system that is well conditioned.
+
+    With N < M fit rows the primal ``H^T H + lam I`` (M x M) has M - N eigenvalues equal to lam, so its
+    condition number is ~||G|| / lam (1e14 and worse at the bottom of RanPAC's grid on unscaled ReLU
+    features) and its solve loses most digits; the dual ``H H^T + lam I`` (N x N) has the same
+    solution (push-through identity) with condition (e_max + lam) / (e_min + lam), bounded by the data.
+    """
+    grid = _check_grid(grid)
+    Htr, Ytr, Hval, yval, _ = _prepare(H_train, y_train, H_val, y_val, num_classes)
+    if Htr.shape[0] < Htr.shape[1]:
+        Kx = Htr @ Htr.T
+        preds = torch.stack([(Hval @ Htr.T) @ solve_ridge(Kx, Ytr, lam) for lam in grid])
+    else:
+        G, C = Htr.T @ Htr, Htr.T @ Ytr
+        preds = torch.stack([Hval @ solve_ridge(G, C, lam) for lam in grid])
+    return _select(preds, yval, grid, criterion)
+
+
 def select_ridge_direct(H_train: torch.Tensor, y_train: torch.Tensor, H_val: torch.Tensor, y_val: torch.Tensor,
                         grid: Sequence[float] = RIDGE_GRID, criterion: Criterion = "mse",
                         num_classes: int | None = None) -> RidgeSelection:
@@ -268,6 +295,16 @@ def select_ridge_direct(H_train: torch.Tensor, y_train: torch.Tensor, H_val: tor
 
 # --------------------------------------------------------------------------------------------------
 # The head
+
+
+def cheaper_form(dim: int, session_rows: int) -> Form:
+    """The exact form that costs less for sessions of ``session_rows`` at a fixed lam.
+
+    Per session, Gram: ``M^2 b`` (accumulate) + ``M^3 / 3`` (Cholesky); recursive: ``~3 M^2 b``
+    (R X^T, the rank-b downdate of R, the b x b factorisation is negligible). Recursive wins while
+    ``2 M^2 b < M^3 / 3``, i.e. ``b < M / 6``. Both give the joint ridge solution (to roundoff).
+    """
+    return "recursive" if 6 * int(session_rows) < int(dim) else "gram"
 
 
 class AnalyticHead(GrowingBuffers):
@@ -319,7 +356,20 @@ class AnalyticHead(GrowingBuffers):
             self.C = pad_columns(self.C, num_classes)
             self._stale = self._stale or self.W.shape[1] != self.C.shape[1]
         else:
-            self.W = pad_columns(self.W, num_classes)
+            self._grow_w(num_classes)
+
+    def _grow_w(self, k: int) -> None:
+        """Recursive form: W is a column prefix of a zero-filled (M, capacity) tensor that doubles when
+        full, so adding a session's classes does not copy W (that copy grew with K every session)."""
+        W = self.W
+        if W.shape[1] >= k:
+            return
+        spare = getattr(self, "_w_spare", None)
+        if spare is None or spare.data_ptr() != W.data_ptr() or spare.shape[1] < k or spare.device != W.device:
+            spare = W.new_zeros(W.shape[0], max(k, 2 * W.shape[1], 16))
+            spare[:, : W.shape[1]] = W
+            self._w_spare = spare  # plain attribute, not state: a loaded or moved W starts a new one
+        self.W = spare[:, :k]
 
     def _require_f64(self) -> None:
         for name in ("G", "C", "R", "W"):
@@ -365,10 +415,15 @@ class AnalyticHead(GrowingBuffers):
         self.R.addmm_(T.T, T, alpha=-1.0)  # R - (X R)^T S^-1 (X R), in place (no M x M temporary)
         # R_new X^T = R X^T S^-1 (push-through), so no second M x M product is needed.
         RnX = torch.cholesky_solve(RX.T, L).T
-        self.W.add_(RnX @ (Y - X @ self.W))
+        resid = Y - X @ self.W
         hint = "the features are too ill-conditioned for this lam; use a larger lam"
-        check_finite(self.R, "recursive statistics R", hint)
-        check_finite(self.W, "recursive ridge weights W", hint)
+        # R and W were finite before and change only by T^T T and RnX resid: checking the small factors
+        # (b x M, M x b, b x K) instead of R and W saves full passes over the (M, M) R and the (M, K) W
+        # per step (they dominated small sessions); the arithmetic is unchanged.
+        check_finite(T, "recursive statistics R", hint)
+        check_finite(RnX, "recursive ridge weights W", hint)
+        check_finite(resid, "recursive ridge weights W", hint)
+        self.W.add_(RnX @ resid)
 
     def solve(self, lam: float | None = None) -> torch.Tensor:
         """Compute (Gram) or return (recursive) W = (G + lam I)^-1 C, shape (M, K)."""

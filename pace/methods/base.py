@@ -17,11 +17,14 @@ import torch
 
 from pace.backbones.base import Backbone
 from pace.config import MethodConfig, Seeds
+from pace.store import LazyRows
 
 
 @dataclass
 class Split:
-    x: torch.Tensor  # frontend outputs, (N, *frontend.shape)
+    #: frontend outputs, (N, *frontend.shape): a tensor, or (from the feature store) a LazyRows view
+    #: that reads rows when indexed and loads only this split's rows when used as a whole tensor
+    x: torch.Tensor
     y: torch.Tensor  # global class ids (position in the class order), int64 (N,)
     keys: list[str]  # clip identities, for caches
 
@@ -30,7 +33,8 @@ class Split:
 
     def subset(self, idx: torch.Tensor | list[int]) -> "Split":
         idx = torch.as_tensor(idx, dtype=torch.long)
-        return Split(self.x[idx], self.y[idx], [self.keys[i] for i in idx.tolist()])
+        x = self.x.take(idx.numpy()) if type(self.x) is LazyRows else self.x[idx]
+        return Split(x, self.y[idx], [self.keys[i] for i in idx.tolist()])
 
 
 @dataclass

@@ -17,7 +17,7 @@ from torch import nn
 
 from pace.config import Strict
 from pace.embed import autocast
-from pace.heads.analytic import RIDGE_GRID, AnalyticHead, RandomProjection, fit_session_ranpac
+from pace.heads.analytic import RIDGE_GRID, AnalyticHead, RandomProjection, cheaper_form, fit_session_ranpac
 from pace.heads.linear import CosineHead, LinearHead
 from pace.methods.base import Split
 from pace.peft.lora import LoRAManager
@@ -55,8 +55,9 @@ class AnalyticConfig(Strict):
     ridge: Literal["select", "fixed"] = "select"
     lam: float = Field(1.0, gt=0)
     criterion: Literal["mse", "accuracy"] = "mse"
-    #: gram: (G, C) re-solvable for any lam; recursive: Woodbury R, W (the paper's Eq. 2-3, fixed lam)
-    form: Literal["gram", "recursive"] = "gram"
+    #: gram: (G, C) re-solvable for any lam; recursive: Woodbury R, W (the paper's Eq. 2-3, fixed lam);
+    #: auto: the cheaper exact one (gram when ridge is select; else by the first session's size)
+    form: Literal["gram", "recursive", "auto"] = "gram"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,10 +250,16 @@ class AnalyticClassifier(nn.Module):
                              "(or form: gram to select lam per session)")
         self.cfg = cfg
         self.proj = RandomProjection(in_dim, cfg.proj_dim or None, cfg.activation, cfg.scale, seed)
-        self.head = AnalyticHead(self.proj.out_features, form=cfg.form, lam=cfg.lam)
+        form = cfg.form if cfg.form != "auto" else ("gram" if cfg.ridge == "select" else "recursive")
+        self.head = AnalyticHead(self.proj.out_features, form=form, lam=cfg.lam)
         self.last_lam = cfg.lam
 
     def fit_session(self, z: torch.Tensor, y: torch.Tensor, num_seen: int, generator: torch.Generator) -> None:
+        if self.cfg.form == "auto" and self.cfg.ridge == "fixed" and self.head.num_samples == 0:
+            # Both forms give the same ridge solution; pick the cheaper for sessions of this size.
+            form = cheaper_form(self.head.dim, len(y))
+            if form != self.head.form:
+                self.head = AnalyticHead(self.head.dim, form=form, lam=self.cfg.lam, device=self.head.device)
         h = self.proj(z.float())
         if self.cfg.ridge == "select":
             order = torch.randperm(len(y), generator=generator)  # RanPAC: its shuffled loader order
@@ -261,7 +268,7 @@ class AnalyticClassifier(nn.Module):
             self.last_lam = sel.lam
         else:
             self.head.accumulate(h, y, num_seen)
-            if self.cfg.form == "gram":
+            if self.head.form == "gram":
                 self.head.solve(self.cfg.lam)
 
     def logits(self, z: torch.Tensor) -> torch.Tensor:
