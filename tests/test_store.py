@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from pace.backbones.logmel import MaskedFbankFrontend
 from pace.cache import FeatureCache
 from pace.config import validate_config
 from pace.data.features import _legacy_key, extract_features
@@ -32,8 +33,9 @@ def _dataset():
     return make_synthetic(num_classes=3, clips_per_class=4, seconds=0.6)
 
 
-@pytest.mark.parametrize("frontend", [FbankFrontend(target_frames=96), WaveformFrontend(num_samples=12_000)],
-                         ids=["fbank", "waveform"])
+@pytest.mark.parametrize("frontend", [FbankFrontend(target_frames=96), WaveformFrontend(num_samples=12_000),
+                                      MaskedFbankFrontend(target_frames=96)],
+                         ids=["fbank", "waveform", "masked-fbank"])
 def test_store_rows_are_byte_identical_to_the_frontend(tmp_path, frontend):
     ds = _dataset()
     ref = extract_features(ds, frontend, None, progress=False)  # in memory, no store

@@ -26,6 +26,10 @@ class MaskedFbankFrontend(FbankFrontend):
         valid = (torch.arange(x.shape[0]) < num_frames).to(x.dtype)[:, None]
         return torch.cat([x, valid], dim=-1)
 
+    def pad_row(self) -> torch.Tensor:
+        """The padding frame with its mask 0 (the feature store trims and restores trailing padding)."""
+        return torch.cat([super().pad_row(), torch.zeros(1)])
+
     @property
     def shape(self) -> tuple[int, int]:
         return (self.target_frames, self.num_mel_bins + 1)
