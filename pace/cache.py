@@ -28,6 +28,14 @@ class CacheError(RuntimeError):
     """The cache cannot be written (read-only, full disk); the message says how to run without it."""
 
 
+def write_error(root: Path, exc: BaseException) -> CacheError:
+    """The one message for a cache (or feature store) folder that cannot be written."""
+    why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return CacheError(f"cannot write to the feature cache {root} ({why}); free space there, point "
+                      "runtime.cache_dir (or $PACE_CACHE_DIR) at a writable folder, or set "
+                      "runtime.use_cache: false")
+
+
 def default_cache_dir() -> Path:
     return Path(os.environ.get("PACE_CACHE_DIR") or Path.home() / ".cache" / "pace")
 
@@ -90,10 +98,7 @@ class FeatureCache:
             save_file(tensors, tmp, metadata=full_meta)
             os.replace(tmp, path)
         except (OSError, SafetensorError) as exc:
-            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            raise CacheError(f"cannot write to the feature cache {self.root} ({why}); free space there, "
-                             "point runtime.cache_dir (or $PACE_CACHE_DIR) at a writable folder, or set "
-                             "runtime.use_cache: false") from None
+            raise write_error(self.root, exc) from None
         finally:
             if tmp is not None and os.path.exists(tmp):
                 os.unlink(tmp)

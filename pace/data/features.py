@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pace.cache import FeatureCache
+from pace.cache import FeatureCache, write_error
 from pace.data.audio import AudioError, samples_used_by
 from pace.data.datasets import AudioDataset, Item
 from pace.store import FeatureStore, LazyRows, StoredFeatures
@@ -101,19 +101,20 @@ def extract_features(dataset: AudioDataset, frontend, cache: FeatureCache | None
             rows, old_bad = old
             return st.write(key, rows, shape, pad_row, dtype, bad=lambda: old_bad)
         bad: list[tuple[str, str]] = []
-        # one line per featurisation (a study prints it once per data set x frontend); with progress
-        # on, it is the first long stage of a run: say so on stdout before its bar starts
+        # often the first long stage of a run: say so on stdout before its bar starts
         if progress:
             print(f"featurising {len(dataset.items)} clips of {dataset.name} (once: cached for later runs)",
                   flush=True)
-        else:
-            print(f"pace: computing {dataset.name} features ({len(dataset.items)} clips) into the feature store",
-                  file=sys.stderr)
         return st.write(key, _rows(dataset, frontend, skip_bad, bad, progress), shape, pad_row, dtype,
                         bad=lambda: bad)
 
     before = store.computed
-    entry = store.get_or_create(key, create)
+    try:
+        entry = store.get_or_create(key, create)
+    except OSError as exc:  # the store's folder, lock or files cannot be written (audio errors pass)
+        if isinstance(exc, AudioError) or (exc.filename and not str(exc.filename).startswith(str(cache.root))):
+            raise
+        raise write_error(cache.root, exc) from None
     if store.computed > before:
         cache.misses += 1
     else:
