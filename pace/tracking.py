@@ -103,21 +103,17 @@ def open_client(uri: str):
     """An MlflowClient whose store exists. Creating or migrating an SQLite store is not safe when two
     processes do it at once (``table ... already exists``), so it happens under a file lock next to
     the database; the first query inside the lock makes MLflow create or upgrade the schema."""
-    import fcntl
-
     from mlflow.tracking import MlflowClient
+
+    from pace.lock import file_lock  # the same single-flight lock as the feature store's
 
     db = sqlite_path(uri)
     if db is None:
         return MlflowClient(tracking_uri=uri)
     db.parent.mkdir(parents=True, exist_ok=True)
-    with open(db.with_name(db.name + ".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            client = MlflowClient(tracking_uri=uri)
-            client.search_experiments(max_results=1)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with file_lock(db.with_name(db.name + ".lock")):
+        client = MlflowClient(tracking_uri=uri)
+        client.search_experiments(max_results=1)
     return client
 
 
