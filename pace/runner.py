@@ -123,6 +123,10 @@ class Runner:
         self._saved = self.folder.check_config(cfg.to_dict()) if resume else None
         # Randomly initialised backbones draw from the run's init seed unless the config pins one.
         self.backbone = build_backbone(cfg.backbone, init_seed=cfg.seeds.init).to(self.device)
+        # the learner checks itself against the backbone (prompt blocks it lacks, ...): refuse before
+        # featurising, which can take minutes; learners draw only from named generators, so building
+        # one earlier changes no result
+        self.learner = build_learner(cfg.method, self.backbone, self.ctx)
         dataset = build_dataset(cfg.data)
         self.dataset = dataset
         self.table = extract_features(dataset, self.backbone.frontend, self.cache, skip_bad=cfg.data.skip_bad,
@@ -134,7 +138,6 @@ class Runner:
         index = {lab: i for i, lab in enumerate(self.scenario.class_order)}
         self.y_all = torch.tensor([index.get(it.label, -1) for it in self.table.items], dtype=torch.long)
         self.keys_all = [f"{dataset.name}/{it.key}" for it in self.table.items]
-        self.learner = build_learner(cfg.method, self.backbone, self.ctx)
         self.data = data_identity(dataset, self.table, self.scenario)
         if resume:
             self.folder.check_data(self._saved, self.data)

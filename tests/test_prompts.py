@@ -420,3 +420,20 @@ def test_shipped_prompt_configs_fit_their_backbones():
             assert all(0 <= b < depth for b in value), (cfg.name, field, value, depth)
             checked += 1
     assert checked >= 20
+
+
+def test_a_run_with_prompt_blocks_the_backbone_lacks_is_refused_before_featurising(tmp_path, monkeypatch):
+    import pace.runner
+    from pace.config import validate_config
+    from pace.runner import Runner
+
+    featurised = []
+    monkeypatch.setattr(pace.runner, "extract_features", lambda *a, **k: featurised.append(1))
+    cfg = validate_config({"name": "t", "data": {"dataset": "synthetic", "synthetic_classes": 4,
+                                                   "synthetic_clips_per_class": 4},
+                           "scenario": {"num_sessions": 2}, "backbone": {"name": "eat-tiny"},
+                           "method": {"name": "dualprompt", "g_blocks": [0], "e_blocks": [1, 9]},
+                           "runtime": {"progress": False}})
+    with pytest.raises(ValueError, match=r"e_blocks \[9\] outside the backbone's blocks"):
+        Runner(cfg, tmp_path / "run").prepare()
+    assert featurised == [] and not (tmp_path / "run").exists()
