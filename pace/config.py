@@ -109,6 +109,9 @@ class RuntimeConfig(Strict):
     #: content-addressed cache of features/embeddings; None = $PACE_CACHE_DIR or ~/.cache/pace
     cache_dir: str | None = None
     use_cache: bool = True
+    #: load a learner stage's outcome (first-session adaptation, the CKA probe) that a run with the
+    #: same deciding inputs stored in the cache, instead of recomputing it (pace.methods.stages)
+    reuse_stages: bool = True
     #: storage type of frontend features in the feature store (float16: half the disk and page cache)
     feature_dtype: Literal["float32", "float16"] = "float32"
     progress: bool = True

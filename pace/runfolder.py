@@ -36,7 +36,7 @@ CHECKPOINT = "checkpoint.pt"
 #: files that hold results; a folder with any of them is checked before a run writes into it
 RESULT_FILES = (CHECKPOINT, "metrics.json", "sessions.json", "accuracy_matrix.csv")
 #: runtime fields that never change a result: a run may continue in its folder with other values
-RESULT_NEUTRAL = ("progress", "num_threads", "cache_dir", "use_cache")
+RESULT_NEUTRAL = ("progress", "num_threads", "cache_dir", "use_cache", "reuse_stages")
 HINT = "use --out NEW for a separate run, or --no-resume to start over in this folder"
 
 

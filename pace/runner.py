@@ -99,7 +99,8 @@ class Runner:
         self.cache = FeatureCache(cfg.runtime.cache_dir) if cfg.runtime.use_cache else None
         self.ctx = Context(device=self.device, batch_size=cfg.runtime.batch_size,
                            eval_batch_size=cfg.runtime.eval_batch_size, seeds=cfg.seeds,
-                           cache=self.cache, progress=cfg.runtime.progress, bf16=cfg.runtime.bf16)
+                           cache=self.cache, progress=cfg.runtime.progress, bf16=cfg.runtime.bf16,
+                           reuse_stages=cfg.runtime.reuse_stages and self.cache is not None)
         self.table: FeatureTable | None = None
         self.scenario: Scenario | None = None
         self.learner: Learner | None = None
@@ -198,6 +199,10 @@ class Runner:
             self.folder.clear_results()
             self._saved = None
         start = self._restore() if resume else 0
+        if start == 0:
+            # the global stream (dropout in some backbones) starts from the run's init seed, not from
+            # whatever an earlier trial in the same (reused) Ray worker process left behind
+            torch.manual_seed(self.ctx.generator("torch-global").initial_seed())
         for r in self.reporters:
             r.on_start(self)
         T = len(self.scenario.sessions)

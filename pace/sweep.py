@@ -153,6 +153,22 @@ def val_summary(runner) -> dict[str, float]:
     return {"val_last_accuracy": vals[-1], "val_average_incremental_accuracy": statistics.fmean(vals)}
 
 
+def stage_counts(runner) -> dict[str, int]:
+    """Learner stages (pace.methods.stages) this trial computed and loaded, over its sessions so far."""
+    flags = [v for r in runner.results for k, v in r.diagnostics.items() if k.startswith("stage_reused_")]
+    return {"stages_computed": sum(1 for v in flags if not v), "stages_reused": sum(1 for v in flags if v)}
+
+
+def study_sharing_line(rows: list[dict[str, Any]]) -> str | None:
+    """How much work the study shared: stages computed vs loaded from another trial's outcome."""
+    computed = sum(int(r.get("stages_computed") or 0) for r in rows)
+    reused = sum(int(r.get("stages_reused") or 0) for r in rows)
+    if not computed + reused:
+        return None
+    return (f"shared work: {computed} stage(s) computed, {reused} loaded from another trial's outcome "
+            f"(first-session adaptation, CKA probe; runtime.reuse_stages)")
+
+
 def trial_metrics(runner, result) -> dict[str, float]:
     """What a trial reports to Tune after each session: the session's numbers, the CL summary of the
     accuracy matrix so far (last_accuracy, average_incremental_accuracy, forgetting, bwt, ...) and the
@@ -164,6 +180,7 @@ def trial_metrics(runner, result) -> dict[str, float]:
                            "sessions_total": len(runner.scenario.sessions)}
     out.update(metrics.summary(runner.matrix, runner.test_sizes()[: t + 1]))
     out.update(val_summary(runner))
+    out.update(stage_counts(runner))
     return {k: float(v) for k, v in out.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))}
 
@@ -813,6 +830,9 @@ def _run(kind, path, spec, base, note, trials, state, exp_root, exp_path, cwd, o
         agg = aggregate_table(rows)
         if agg:
             out("\nmean ± std over seeds:\n" + agg)
+    sharing = study_sharing_line(rows)
+    if sharing:
+        out(sharing)
     out(f"\n{len(rows)} trials, {num_errors} failed; Tune results in {exp_path}")
     if interrupted:
         out(f"interrupted: continue with `pace {'ablate' if kind == 'ablation' else kind} {path} --resume`")
@@ -855,7 +875,8 @@ def _collect(exp_path: str, objective: str) -> tuple[list[dict[str, Any]], dict[
             "params": overrides, "sessions": f"{max(done, 0)}/{total or '?'}",
             "last_accuracy": m.get("last_accuracy"),
             "average_incremental_accuracy": m.get("average_incremental_accuracy"),
-            "forgetting": m.get("forgetting"), "objective": m.get(objective), "path": trial.path})
+            "forgetting": m.get("forgetting"), "objective": m.get(objective), "path": trial.path,
+            "stages_computed": m.get("stages_computed"), "stages_reused": m.get("stages_reused")})
     rows.sort(key=lambda r: r["trial"])
     return rows, outcomes, interrupted
 

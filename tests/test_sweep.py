@@ -261,6 +261,23 @@ def test_ablation_grid_tags_and_seeds(ray_address, store, tmp_path):
     assert "ncm" in res.rows[0]["trial"] or "joint20" in res.rows[0]["trial"]
 
 
+def test_ablation_variants_downstream_of_fsa_share_it_and_the_study_says_so(ray_address, store, tmp_path):
+    """Two RanPAC variants that differ only in the analytic head, run at once: one trial computes the
+    first-session adaptation, the other waits for it (single flight) and loads it."""
+    base = {**BASE, "backbone": {"name": "eat-tiny", "target_frames": 48},
+            "method": {"name": "ranpac", "fsa": {"train": {"epochs": 1}}, "analytic": {"proj_dim": 64}},
+            "runtime": {"num_threads": 1, "batch_size": 8}}
+    spec = {"name": "share", "base": base, "objective": "last_accuracy",
+            "variants": {"ridge_select": {}, "ridge_fixed": {"method.analytic.ridge": "fixed"}},
+            "seeds": [0], "max_concurrent": 2,
+            "storage_path": str(tmp_path / "ray_results"), "tracking_uri": store}
+    lines = []
+    res = run_study("ablation", str(_write(tmp_path / "s.yaml", spec)), out=lines.append)
+    assert res.num_errors == 0 and len(res.rows) == 2
+    assert sorted((r["stages_computed"], r["stages_reused"]) for r in res.rows) == [(0, 1), (1, 0)]
+    assert any("shared work: 1 stage(s) computed, 1 loaded" in line for line in lines)
+
+
 def _checkpointed(exp: Path) -> set[str]:
     """Trials whose checkpoint Tune's saved experiment state knows about (what a restore resumes from)."""
     from ray.tune import ExperimentAnalysis

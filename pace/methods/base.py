@@ -55,6 +55,8 @@ class Context:
     cache: Any = None  # pace.cache.FeatureCache or None
     progress: bool = False
     bf16: bool = True
+    #: load a stage's stored outcome when a trial with the same inputs computed it (needs ``cache``)
+    reuse_stages: bool = False
     #: counters the runner reads after each session (forward/backward samples, ...)
     counters: dict[str, int] = field(default_factory=dict)
     #: what the learner measured about its own adaptation this session (pace.methods.diagnostics);
@@ -75,6 +77,9 @@ class Context:
 class Learner(ABC):
     #: set by @register_method
     config_cls: ClassVar[type[MethodConfig]]
+    #: stage -> top-level method config fields that do not influence that stage (pace.methods.stages):
+    #: the stage's stored outcome is shared by configs that differ only in them. Undeclared = none.
+    STAGE_DOWNSTREAM: ClassVar[dict[str, frozenset[str]]] = {}
 
     def __init__(self, cfg: MethodConfig, backbone: Backbone, ctx: Context):
         self.cfg = cfg

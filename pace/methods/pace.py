@@ -55,6 +55,7 @@ from pace.methods.diagnostics import (basis_ranks, embeddings_before, instrument
                                      record_adaptation)
 from pace.methods.parts import (Adapter, AnalyticClassifier, AnalyticConfig, LoRAConfig, TrainConfig,
                                 evaluating, freeze_backbone, session_head, train)
+from pace.methods.stages import run_stage
 from pace.peft.projection import GradientProjector, collect_input_covariances, subspace_bases
 
 
@@ -141,8 +142,17 @@ def last_adapted_session(session_sizes: list[int], n_stop: int) -> int:
     return last
 
 
+#: fields that act only after session 1's adaptation: trials differing only in them share its outcome
+#: (pace.methods.stages); tests/test_stages.py checks both that they do not change that outcome and
+#: that every other field changes the key
+FSA_DOWNSTREAM = frozenset({"msa", "msa_stop", "n_stop", "t3", "msa_epochs", "msa_lr", "projection",
+                            "projection_mode", "projection_basis", "rho_svd", "energy", "analytic"})
+
+
 @register_method(PACEConfig)
 class PACE(EmbeddingLearner):
+    STAGE_DOWNSTREAM = {"fsa": FSA_DOWNSTREAM}
+
     def __init__(self, cfg: PACEConfig, backbone, ctx):
         super().__init__(cfg, backbone, ctx)
         freeze_backbone(backbone)
@@ -168,7 +178,8 @@ class PACE(EmbeddingLearner):
         stage = None
         if session.index == 0 and self.cfg.fsa:
             stage, z_before = "fsa", embeddings_before(self, session)
-            self._first_session(session)
+            run_stage(self, "fsa", session.train, lambda: self._first_session(session),
+                      save=self._fsa_state, load=self._load_fsa_state)
         elif adapts_session(session.index, self.samples_seen, self.cfg):
             stage, z_before = "msa", embeddings_before(self, session)
             self._adapt_session(session)
@@ -211,6 +222,17 @@ class PACE(EmbeddingLearner):
         self._train_session(session, self.cfg.fsa_epochs)
         self.adapted_sessions.append(session.index)
 
+    def _fsa_state(self) -> dict:
+        return {"adapter": self.adapter.state_dict(), "l_tune": self.l_tune, "cka": list(self.cka),
+                "adapted_sessions": list(self.adapted_sessions), "trace": list(self.trace)}
+
+    def _load_fsa_state(self, state: dict) -> None:
+        self.adapter.load_state_dict(state["adapter"])
+        self.l_tune = int(state["l_tune"])
+        self.cka = [float(v) for v in state["cka"]]
+        self.adapted_sessions = [int(v) for v in state["adapted_sessions"]]
+        self.trace = list(state["trace"])
+
     def _choose_first_block(self, split: Split) -> int:
         cfg, nb = self.cfg, self.backbone.num_blocks
         if cfg.layer_selection == "all":
@@ -219,12 +241,24 @@ class PACE(EmbeddingLearner):
             if cfg.freeze_first >= nb:
                 raise ValueError(f"method.freeze_first={cfg.freeze_first} leaves no block of {nb} to adapt")
             return cfg.freeze_first
-        self.cka = self._cka_probe(split)
+        # the probe decides only the CKA values: variants that differ in rho_layer, the head or the
+        # boundary loss share it; its key is exactly what _cka_probe reads
+        run_stage(self, "probe", split, lambda: setattr(self, "cka", self._cka_probe(split)),
+                  save=lambda: {"cka": list(self.cka)},
+                  load=lambda st: setattr(self, "cka", [float(v) for v in st["cka"]]),
+                  fields=self._probe_fields())
         self.trace.append("probe")
         below = [k for k, s in enumerate(self.cka) if s < cfg.rho_layer]
         self.ctx.diagnostics.update({"cka_block": list(self.cka), "cka_fallback": int(not below)})
         # No block moved enough: adapt only the last one rather than none (documented fallback).
         return below[0] if below else nb - 1
+
+    def _probe_fields(self) -> dict:
+        return {"train": self._probe_train_cfg().model_dump(mode="json"),
+                "lora": self.cfg.lora.model_dump(mode="json"), "cka_samples": self.cfg.cka_samples}
+
+    def _probe_train_cfg(self) -> TrainConfig:
+        return self._train_cfg(self.cfg.probe_epochs or self.cfg.fsa_epochs)
 
     def _cka_probe(self, split: Split) -> list[float]:
         """Naive FSA on a throw-away copy (LoRA on all blocks + head, same lr), then CKA per block."""
@@ -234,7 +268,7 @@ class PACE(EmbeddingLearner):
         params = adapter.new_session(self.ctx.generator("probe-lora"))
         n_cls = int(split.y.max() - split.y.min()) + 1
         head = session_head(probe.embed_dim, n_cls, "linear", self.ctx.generator("probe-head"), self.ctx.device)
-        train(probe, head, split, self.ctx, self._train_cfg(self.cfg.probe_epochs or self.cfg.fsa_epochs),
+        train(probe, head, split, self.ctx, self._probe_train_cfg(),
               backbone_params=params, head_lr=self.cfg.lr_backbone, label_offset=int(split.y.min()),
               purpose="probe")
         x = split.x[: self.cfg.cka_samples]

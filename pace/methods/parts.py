@@ -20,6 +20,7 @@ from pace.embed import autocast
 from pace.heads.analytic import RIDGE_GRID, AnalyticHead, RandomProjection, cheaper_form, fit_session_ranpac
 from pace.heads.linear import CosineHead, LinearHead
 from pace.methods.base import Split
+from pace.methods.stages import run_stage
 from pace.peft.lora import LoRAManager
 from pace.reporting import ProgressLine
 
@@ -142,13 +143,18 @@ def first_session_adaptation(learner, session, cfg: FSAConfig, adapter: "Adapter
         raise ValueError(f"first-session adaptation needs a transformer backbone; {bb.name!r} has no "
                          "blocks (set method.fsa.enabled: false or choose another backbone)")
     blocks = list(range(bb.num_blocks)) if cfg.blocks is None else cfg.blocks
-    adapter.attach(blocks)
-    params = adapter.new_session(learner.ctx.generator("fsa-lora"))
-    head = session_head(bb.embed_dim, len(session.classes), cfg.head, learner.ctx.generator("fsa-head"),
-                        learner.ctx.device)
-    train(bb, head, session.train, learner.ctx, cfg.train, backbone_params=params, head_lr=cfg.train.lr,
-          label_offset=session.classes[0], purpose="fsa")
-    adapter.freeze()
+
+    def compute() -> None:
+        adapter.attach(blocks)
+        params = adapter.new_session(learner.ctx.generator("fsa-lora"))
+        head = session_head(bb.embed_dim, len(session.classes), cfg.head, learner.ctx.generator("fsa-head"),
+                            learner.ctx.device)
+        train(bb, head, session.train, learner.ctx, cfg.train, backbone_params=params, head_lr=cfg.train.lr,
+              label_offset=session.classes[0], purpose="fsa")
+        adapter.freeze()
+
+    # the outcome is the LoRA stack; trials that differ only downstream (the head) load it
+    run_stage(learner, "fsa", session.train, compute, save=adapter.state_dict, load=adapter.load_state_dict)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -34,6 +34,8 @@ class RanPACConfig(MethodConfig):
 class AnalyticLearner(EmbeddingLearner):
     """Shared by RanPAC and ACL: optional FSA on session 1, then analytic updates only."""
 
+    STAGE_DOWNSTREAM = {"fsa": frozenset({"analytic"})}
+
     def __init__(self, cfg, backbone, ctx):
         super().__init__(cfg, backbone, ctx)
         freeze_backbone(backbone)
