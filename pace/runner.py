@@ -288,6 +288,8 @@ class Runner:
             "results": [asdict(r) for r in self.results],
             "learner": self.learner.state_dict(),
             "torch_rng": torch.get_rng_state(),
+            # dropout on a GPU draws from the device's stream: resume must continue it too
+            **({"cuda_rng": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {}),
         }
         save_checkpoint(self.out / CHECKPOINT, state)
 
@@ -298,6 +300,8 @@ class Runner:
             return 0
         self.learner.load_state_dict(state["learner"])
         torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         self.results = [SessionResult(**r) for r in state["results"]]
         return int(state["sessions_done"])
 

@@ -10,10 +10,11 @@ declares downstream of the stage (``Learner.STAGE_DOWNSTREAM``), together with
   stage), seeds, batch sizes, device type, bf16, thread count, torch version and a digest of pace's
   own source (any code change invalidates every entry);
 - the data: clip keys, labels and a digest of the frontend features of the split the stage trains on;
-- the global torch RNG state before the stage (dropout in some backbones draws from it).
+- the global torch RNG states before the stage, CPU and (on a GPU) CUDA: dropout in some backbones
+  draws from them.
 
 The entry holds what the stage produced (``save()`` of ``run_stage``), the diagnostics it wrote and
-the global RNG state after it; it is a checksummed cache entry (``pace.cache``), written once by one
+the global RNG states after it; it is a checksummed cache entry (``pace.cache``), written once by one
 process while concurrent trials wait. After a load, the backbone's weight digest (frozen weights and
 LoRA) must equal the one the computing trial recorded. ``ctx.diagnostics["stage_reused_<stage>"]`` says per session whether the stage ran
 (0) or was loaded (1); the study summary counts them.
@@ -73,10 +74,24 @@ def _split_digest(split) -> dict[str, Any]:
             "y": hashlib.sha256(y.numpy().tobytes()).hexdigest()[:16]}
 
 
+def rng_states(device: torch.device) -> dict[str, torch.Tensor]:
+    """The global streams a stage may draw from: the CPU one, and the device's on CUDA (dropout there)."""
+    out = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        out["cuda"] = torch.cuda.get_rng_state(device)
+    return out
+
+
+def set_rng_states(states: dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(states["cpu"])
+    if "cuda" in states and device.type == "cuda":
+        torch.cuda.set_rng_state(states["cuda"], device)
+
+
 def stage_key(learner, stage: str, fields: dict[str, Any], split) -> str:
     """The JSON string that names a stage's outcome (hashed by the cache into a file name)."""
     ctx, bb = learner.ctx, learner.backbone
-    rng = torch.get_rng_state()
+    rng = b"".join(t.numpy().tobytes() for _, t in sorted(rng_states(ctx.device).items()))
     record = {
         "stage": stage, "format": STAGE_FORMAT, "method": learner.cfg.name, "fields": fields,
         "backbone": bb.identity(),
@@ -84,7 +99,7 @@ def stage_key(learner, stage: str, fields: dict[str, Any], split) -> str:
         "runtime": {"batch_size": ctx.batch_size, "eval_batch_size": ctx.eval_batch_size,
                     "device": ctx.device.type, "bf16": bool(ctx.bf16), "threads": torch.get_num_threads()},
         "torch": torch.__version__, "code": code_digest(),
-        "rng": hashlib.sha256(rng.numpy().tobytes()).hexdigest()[:16],
+        "rng": hashlib.sha256(rng).hexdigest()[:16],
         "split": _split_digest(split),
     }
     return "stage|" + json.dumps(record, sort_keys=True, default=str)
@@ -157,7 +172,7 @@ def run_stage(learner, stage: str, split, compute: Callable[[], None], save: Cal
         # what the stage wrote; another stage's own flag is not part of this outcome
         diag = {k: v for k, v in ctx.diagnostics.items()
                 if not k.startswith("stage_reused_") and (k not in before or before[k] != v)}
-        return pack({"state": save(), "diagnostics": diag, "rng": torch.get_rng_state(),
+        return pack({"state": save(), "diagnostics": diag, "rng": rng_states(ctx.device),
                      "weights_after": learner.backbone.weights_digest(), "training": learner.backbone.training})
 
     tensors = ctx.cache.get_or_compute(key, do, meta={"pace_stage": stage})
@@ -171,7 +186,7 @@ def run_stage(learner, stage: str, split, compute: Callable[[], None], save: Cal
                                "the backbone it was computed on; delete that entry (or set "
                                "runtime.reuse_stages: false)")
         ctx.diagnostics.update(record["diagnostics"])
-        torch.set_rng_state(record["rng"])
+        set_rng_states(record["rng"], ctx.device)
         learner.backbone.train(bool(record["training"]))
     ctx.diagnostics[f"stage_reused_{stage}"] = int(not computed)
     return not computed
