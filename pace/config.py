@@ -14,15 +14,48 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator,
+                      model_validator)
 
 
 class ConfigError(ValueError):
     """A config that cannot be used; the message names the file/field and what was expected."""
 
 
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _keep_preset_defaults(cls, data: Any) -> Any:
+        """A partial section keeps the values its owner presets, not the section class's own defaults.
+
+        RanPAC's FSA trains at lr 0.01 (``FSAConfig.train`` presets it), CODA-Prompt at 1e-3 with a
+        cosine schedule, ACL's head is recursive with a fixed lam: ``fsa: {train: {epochs: 10}}`` must
+        change the epochs only, not silently reset the rest to ``TrainConfig``'s generic defaults.
+        """
+        if not isinstance(data, dict):
+            return data
+        out = None
+        for name, field in cls.model_fields.items():
+            value = data.get(name)
+            if not isinstance(value, dict) or field.default_factory is None:
+                continue
+            preset = field.default_factory()
+            if not isinstance(preset, BaseModel):
+                continue
+            given = preset.model_dump(exclude_unset=True)  # what the owner set, not the class defaults
+            if given:
+                out = dict(data) if out is None else out
+                out[name] = _deep_merge(given, value)
+        return data if out is None else out
 
 
 class Seeds(Strict):

@@ -51,3 +51,27 @@ def test_missing_file_and_bad_yaml(tmp_path):
     bad.write_text("a: [1, 2\n")
     with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
         load_config(bad)
+
+
+@pytest.mark.parametrize("method,path,expected", [
+    # RanPAC's FSA trains at lr 0.01 (its preset), not TrainConfig's generic 0.05
+    ({"name": "ranpac", "fsa": {"train": {"epochs": 10}}}, "fsa.train", {"epochs": 10, "lr": 0.01}),
+    # CODA-Prompt's own optimiser (lr 1e-3, no batch scaling, cosine, no clipping), not L2P's
+    ({"name": "codaprompt", "train": {"epochs": 5}}, "train",
+     {"epochs": 5, "lr": 1e-3, "scale_lr_by_batch": False, "schedule": "cosine", "clip_grad": None}),
+    ({"name": "hideprompt", "train": {"epochs": 5}}, "train", {"epochs": 5, "head_lr_factor": 0.1}),
+    # ACL's recursive head with a fixed lam survives a changed projection size
+    ({"name": "acl", "analytic": {"proj_dim": 256}}, "analytic",
+     {"proj_dim": 256, "form": "recursive", "ridge": "fixed", "lam": 1.0}),
+    # an explicit value still wins, and an unset switch keeps the method's own default
+    ({"name": "ranpac", "fsa": {"train": {"epochs": 3, "lr": 0.2}}}, "fsa.train", {"epochs": 3, "lr": 0.2}),
+    ({"name": "simplecil", "fsa": {"train": {"epochs": 1}}}, "fsa", {"enabled": False}),
+])
+def test_a_partial_section_keeps_the_methods_preset_defaults(method, path, expected):
+    cfg = validate_config({"name": "x", "method": method})
+    section = cfg.method
+    for part in path.split("."):
+        section = getattr(section, part)
+    assert {k: getattr(section, k) for k in expected} == expected
+    # the resolved config round-trips to the same values
+    assert validate_config(cfg.to_dict()).to_dict() == cfg.to_dict()
