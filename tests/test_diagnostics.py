@@ -129,7 +129,8 @@ def test_pace_inert_when_lr_is_negligible(tmp_path, capsys):
     written = json.loads((tmp_path / "metrics.json").read_text())
     assert written["adaptation_inert"] is True
     assert runner.results[1].diagnostics == {"adapted": 0, "stage": "none", "msa_ran": 0,
-                                             "ridge_lam": runner.learner.classifier.last_lam}
+                                             "ridge_lam": runner.learner.classifier.last_lam,
+                                             "ridge_lam_used": runner.learner.classifier.head.lam_used}
 
 
 def test_pace_not_inert_when_adaptation_moves_features(tmp_path, capsys):
@@ -166,7 +167,8 @@ def test_ranpac_fsa_records_and_frozen_ranpac_is_not_flagged(tmp_path):
                                               "analytic": {"proj_dim": 128}})
     assert "adaptation_inert" not in final
     assert runner.results[0].diagnostics == {"adapted": 0, "stage": "none",
-                                             "ridge_lam": runner.learner.classifier.last_lam}
+                                             "ridge_lam": runner.learner.classifier.last_lam,
+                                             "ridge_lam_used": runner.learner.classifier.head.lam_used}
 
 
 def test_pace_temp_head_switch_changes_what_trains(tmp_path):

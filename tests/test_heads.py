@@ -25,6 +25,7 @@ from pace.heads import (
     solve_ridge,
 )
 from pace.heads._util import one_hot
+from pace.heads.analytic import ridge_floor
 
 F64 = torch.float64
 M = 64  # projected dimension in the tests
@@ -488,3 +489,22 @@ def test_recursive_head_adds_classes_without_copying_w_and_round_trips() -> None
         head.accumulate(H[idx], y[idx])
         fresh.accumulate(H[idx], y[idx])
     assert torch.equal(fresh.W, head.W) and rel_err(head.W, batch_ridge(H, y, 0.3)) < 1e-8
+
+
+def test_cumulative_solve_at_the_grid_bottom_equals_the_exact_dual_solution_when_n_below_m() -> None:
+    """RanPAC's selection can pick lam = 1e-8 on one session; the cumulative system then has fewer
+    samples than M, and a plain solve of (G + 1e-8 I) amplified the roundoff in G's null space
+    (test logits off by several times their size). The solve must equal the exact dual solution."""
+    Htr, ytr, Hval, _ = _unscaled_small_session()
+    Htr, Hval = 100 * Htr, 100 * Hval  # the scale of Whisper embeddings' projections (trace(G) ~ 1e9)
+    assert Htr.shape[0] < Htr.shape[1]
+    head = AnalyticHead(Htr.shape[1], form="gram")
+    head.accumulate(Htr, ytr, K)
+    head.solve(1e-8)
+    exact = Htr.T @ torch.linalg.solve(Htr @ Htr.T + 1e-8 * torch.eye(len(ytr), dtype=F64), one_hot(ytr, K))
+    err = float((head.logits(Hval) - Hval @ exact).norm() / (Hval @ exact).norm())
+    assert err < 1e-5  # the plain solve: 0.98
+    assert head.lam == 1e-8 and head.lam_used == ridge_floor(head.G) > 1e-8
+    # well above the floor nothing changes
+    head.solve(10.0)
+    assert head.lam_used == 10.0

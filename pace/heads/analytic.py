@@ -132,6 +132,16 @@ class RandomProjection(nn.Module):
 # Linear algebra shared by the heads and the ridge selection
 
 
+#: lam below this multiple of eps * trace(G) is under the roundoff already in G (accumulated in float64):
+#: where the data span fewer directions than M, (G + lam I) then solves for noise in G's null space
+RIDGE_FLOOR_EPS = 1e4
+
+
+def ridge_floor(G: torch.Tensor) -> float:
+    """The smallest lam for which a Cholesky solve of ``G + lam I`` is accurate (see ``AnalyticHead.solve``)."""
+    return RIDGE_FLOOR_EPS * torch.finfo(F64).eps * float(G.diagonal().sum())
+
+
 def solve_ridge(G: torch.Tensor, C: torch.Tensor, lam: float) -> torch.Tensor:
     """``(G + lam I)^-1 C`` by Cholesky (never an explicit inverse).
 
@@ -333,6 +343,7 @@ class AnalyticHead(GrowingBuffers):
         if not lam > 0:
             raise ValueError(f"lam must be > 0, got {lam}")
         self.dim, self.form, self.lam, self.chunk_size = int(dim), form, float(lam), int(chunk_size)
+        self.lam_used = self.lam  # gram form: the lam of the last solve after the roundoff floor
         self.num_samples = 0
         self._stale = False  # gram form: accumulated since the last solve
         dev = torch.device(device) if device is not None else torch.device("cpu")
@@ -433,7 +444,13 @@ class AnalyticHead(GrowingBuffers):
                 raise ValueError(f"the recursive form is fixed at lam={self.lam:g}; use form='gram' to re-solve")
             return self.W
         lam = self.lam if lam is None else float(lam)
-        self.W = solve_ridge(self.G, self.C, lam)
+        # With fewer samples than M (every early session at M = 8192), G has a null space that holds
+        # only roundoff (~eps * trace(G)); a lam below that, e.g. RanPAC's grid bottom 1e-8 on ReLU
+        # features, amplified it into the weights (a cross-soundfont run fell from 100 % to 10 %). Above
+        # the floor the solve equals the exact (dual) ridge solution at the asked lam to ~1e-7
+        # (tests/test_heads.py), so the floor changes the numerics, not the statistics.
+        self.lam_used = max(lam, ridge_floor(self.G))
+        self.W = solve_ridge(self.G, self.C, self.lam_used)
         self.lam, self._stale = lam, False
         return self.W
 
@@ -455,11 +472,13 @@ class AnalyticHead(GrowingBuffers):
     # -- state ---------------------------------------------------------------------------------
 
     def get_extra_state(self) -> dict[str, Any]:
-        return {"dim": self.dim, "form": self.form, "lam": self.lam, "chunk_size": self.chunk_size,
+        return {"dim": self.dim, "form": self.form, "lam": self.lam, "lam_used": self.lam_used,
+                "chunk_size": self.chunk_size,
                 "num_samples": self.num_samples, "stale": self._stale}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.dim, self.form, self.lam = int(state["dim"]), state["form"], float(state["lam"])
+        self.lam_used = float(state.get("lam_used", self.lam))  # older checkpoints: not recorded
         self.chunk_size, self.num_samples = int(state["chunk_size"]), int(state["num_samples"])
         self._stale = bool(state["stale"])
         for name in ("G", "C", "R", "W"):

@@ -22,6 +22,8 @@ numbers only with a ``diag_`` prefix, to every tracker):
   the pretrained backbone, i.e. the analytic head without FSA.
 - ``ridge_lam``: the ridge strength the analytic head chose this session (every session). A small
   one fits the stored statistics tightly, so old classes break under even a small feature drift.
+- ``ridge_lam_used``: the lam the cumulative system was solved with: ``ridge_lam`` raised to the
+  roundoff floor of the Gram matrix when it was below it (``pace.heads.analytic.ridge_floor``).
 - PACE adds ``cka_block`` (the probe's CKA per block), ``l_tune``, ``cka_fallback`` (1 when no
   block fell below rho_layer and only the last block was adapted), ``msa_ran``, ``basis_rank_block``
   (mean projection-basis rank over the block's LoRA layers) and ``basis_dim`` (their input width).

@@ -189,7 +189,7 @@ class PACE(EmbeddingLearner):
         self.classifier.fit_session(z, session.train.y.to(self.ctx.device), session.num_seen,
                                     self.ctx.generator(f"ridge:{session.index}"))
         self.trace.append(f"analytic:{session.index + 1}")
-        self.ctx.diagnostics["ridge_lam"] = float(self.classifier.last_lam)  # small lam: brittle to drift
+        self.ctx.diagnostics.update(self.classifier.ridge_diagnostics())
         self.samples_seen += len(session.train)
         if (self.cfg.projection and self.cfg.projection_basis == "memory" and self.adapter.manager is not None
                 and adapts_session(session.index + 1, self.samples_seen, self.cfg)):

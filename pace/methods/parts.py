@@ -279,3 +279,8 @@ class AnalyticClassifier(nn.Module):
 
     def logits(self, z: torch.Tensor) -> torch.Tensor:
         return self.head.logits(self.proj(z.float()))
+
+    def ridge_diagnostics(self) -> dict[str, float]:
+        """The lam chosen this session (small: brittle to drift) and the one solved with after the
+        roundoff floor (``AnalyticHead.solve``)."""
+        return {"ridge_lam": float(self.last_lam), "ridge_lam_used": float(self.head.lam_used)}

@@ -55,7 +55,7 @@ class AnalyticLearner(EmbeddingLearner):
             not_adapted(self.ctx)
         self.classifier.fit_session(z, session.train.y.to(self.ctx.device), session.num_seen,
                                     self.ctx.generator(f"ridge:{session.index}"))
-        self.ctx.diagnostics["ridge_lam"] = float(self.classifier.last_lam)  # small lam: brittle to drift
+        self.ctx.diagnostics.update(self.classifier.ridge_diagnostics())
 
     def logits_from_embeddings(self, z: torch.Tensor) -> torch.Tensor:
         return self.classifier.logits(z)[:, : self.num_seen]
