@@ -40,13 +40,18 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("PACE_CACHE_DIR") or Path.home() / ".cache" / "pace")
 
 
+def hash_tensor(h, t: torch.Tensor) -> None:
+    """Feed a tensor's dtype, shape and bytes to hashlib object ``h`` (one rule for every digest)."""
+    t = t.detach().cpu().contiguous()
+    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
 def _checksum(tensors: dict[str, torch.Tensor]) -> str:
     h = hashlib.blake2b(digest_size=16)
     for name in sorted(tensors):
-        t = tensors[name].contiguous()
         h.update(name.encode())
-        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        hash_tensor(h, tensors[name])
     return h.hexdigest()
 
 

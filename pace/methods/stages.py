@@ -31,7 +31,7 @@ from typing import Any, Callable
 import torch
 
 import pace
-from pace.cache import tensor_digest
+from pace.cache import hash_tensor, tensor_digest
 
 #: bump when the layout of a stage entry changes
 STAGE_FORMAT = 1
@@ -64,14 +64,12 @@ def default_fields(learner, stage: str) -> dict[str, Any]:
 
 
 def _split_digest(split) -> dict[str, Any]:
-    h = hashlib.sha256()
+    hx, hy = hashlib.sha256(), hashlib.sha256()
     for s in range(0, len(split), 256):  # the store's splits load per batch
-        xb = torch.as_tensor(split.x[s:s + 256]).detach().cpu().contiguous()
-        h.update(f"{xb.dtype}{tuple(xb.shape)}".encode())
-        h.update(xb.reshape(-1).view(torch.uint8).numpy().tobytes())
-    y = split.y.detach().cpu().contiguous()
-    return {"keys": tensor_digest(list(split.keys)), "n": len(split), "x": h.hexdigest()[:16],
-            "y": hashlib.sha256(y.numpy().tobytes()).hexdigest()[:16]}
+        hash_tensor(hx, torch.as_tensor(split.x[s:s + 256]))
+    hash_tensor(hy, split.y)
+    return {"keys": tensor_digest(list(split.keys)), "n": len(split), "x": hx.hexdigest()[:16],
+            "y": hy.hexdigest()[:16]}
 
 
 def rng_states(device: torch.device) -> dict[str, torch.Tensor]:
