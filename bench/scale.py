@@ -3,6 +3,7 @@
     python bench/scale.py head [--sessions 315] [--forms gram recursive] [--device auto]
     python bench/scale.py rss [--clips 300 2000]
     python bench/scale.py sc2 [--trials 1 4] [--real-features]
+    python bench/scale.py checkpoint [--sessions 60] [--proj-dim 8192] [--form recursive]
 
 ``head``: the analytic head over a TIMIT-2-shaped run (315 sessions of 2 classes x 8 clips, M = 8192,
 generated 768-d embeddings), through ``AnalyticClassifier.fit_session`` exactly as RanPAC / PACE call
@@ -23,6 +24,11 @@ generated folders of one-second clips of each size, each in a fresh process and 
 SimpleCIL on logmel-stats: peak RSS per trial, then the same with several trials started at once on
 the node (the store is shared through the page cache; the bench counts how often it was featurised).
 Frontend rows are synthetic unless ``--real-features`` (everything after the frontend is the real path).
+
+``checkpoint``: one ``pace run`` of many small sessions with a large analytic head (RanPAC, no FSA,
+M = 8192, recursive form by default), writing the resume checkpoint after every session and with
+``runtime.checkpoint_every: auto``, side by side: wall time, checkpoints written and their time, and
+whether the accuracy matrices are identical.
 """
 
 from __future__ import annotations
@@ -94,6 +100,51 @@ def head_bench(args: argparse.Namespace) -> None:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+# ------------------------------------------------------------------------------------------------ checkpoint
+
+def checkpoint_bench(args: argparse.Namespace) -> None:
+    """The same run with a checkpoint after every session and with ``checkpoint_every: auto``."""
+    from pace.config import validate_config
+    from pace.runner import Runner
+
+    work = Path(args.work or tempfile.mkdtemp(prefix="pace-ckpt-"))
+    raw = {"name": "ckpt",
+           "data": {"dataset": "synthetic", "label": "fine", "synthetic_classes": 2 * args.sessions,
+                    "synthetic_clips_per_class": args.clips_per_class},
+           "scenario": {"num_sessions": args.sessions},
+           "backbone": {"name": "logmel-stats", "target_frames": 112},
+           "method": {"name": "ranpac", "fsa": {"enabled": False},
+                      "analytic": {"proj_dim": args.proj_dim, "form": args.form,
+                                   "ridge": "select" if args.form == "gram" else "fixed"}},
+           "runtime": {"device": "cpu", "progress": False, "cache_dir": str(work / "cache")}}
+
+    class Counting(Runner):
+        writes, write_s = 0, 0.0
+
+        def _checkpoint(self, done):
+            t0 = time.perf_counter()
+            n = super()._checkpoint(done)
+            self.writes, self.write_s = self.writes + 1, self.write_s + time.perf_counter() - t0
+            return n
+
+    Runner(validate_config(raw), work / "warm").prepare(resume=False)  # featurise once, outside the timing
+    print(f"checkpoint: {args.sessions} sessions of 2 classes x {args.clips_per_class} clips, "
+          f"RanPAC head M={args.proj_dim} ({args.form}), logmel-stats, CPU")
+    out = {}
+    for every in (1, "auto"):
+        cfg = validate_config({**raw, "runtime": {**raw["runtime"], "checkpoint_every": every}})
+        runner = Counting(cfg, work / f"every-{every}")
+        start = time.perf_counter()
+        runner.run(resume=False)
+        wall = time.perf_counter() - start
+        out[every] = (wall, runner)
+        print(f"  checkpoint_every={every!s:5s} wall {wall:7.1f} s, learner {sum(r.time_s for r in runner.results):6.1f} s, "
+              f"{runner.writes:3d} checkpoints written in {runner.write_s:6.1f} s", flush=True)
+    same = (work / "every-1" / "accuracy_matrix.csv").read_bytes() == \
+        (work / "every-auto" / "accuracy_matrix.csv").read_bytes()
+    print(f"auto / every session wall = {out['auto'][0] / out[1][0]:.2f}x; accuracy matrices identical: {same}")
 
 
 # ------------------------------------------------------------------------------------------------ rss
@@ -274,8 +325,14 @@ def main() -> None:
     c.add_argument("--real-features", action="store_true",
                    help="featurise the generated audio instead of writing synthetic rows (slow at full size)")
     c.add_argument("--work", default=None)
+    k = sub.add_parser("checkpoint", help="run time with a checkpoint every session vs checkpoint_every: auto")
+    k.add_argument("--sessions", type=int, default=60)
+    k.add_argument("--clips-per-class", type=int, default=10)
+    k.add_argument("--proj-dim", type=int, default=8192)
+    k.add_argument("--form", choices=["recursive", "gram"], default="recursive")
+    k.add_argument("--work", default=None)
     args = ap.parse_args()
-    {"head": head_bench, "rss": rss_bench, "sc2": sc2_bench}[args.cmd](args)
+    {"head": head_bench, "rss": rss_bench, "sc2": sc2_bench, "checkpoint": checkpoint_bench}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import difflib
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator,
@@ -148,6 +148,10 @@ class RuntimeConfig(Strict):
     #: storage type of frontend features in the feature store (float16: half the disk and page cache)
     feature_dtype: Literal["float32", "float16"] = "float32"
     progress: bool = True
+    #: write the resume checkpoint after every N-th session (and always after the last); "auto":
+    #: whenever the sessions since the last one took >= CHECKPOINT_BUDGET x that write (pace.checkpointing).
+    #: A resumed run recomputes the sessions after its checkpoint: results do not depend on it
+    checkpoint_every: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
     #: bf16 autocast for backbone forward passes on CUDA
     bf16: bool = True
 

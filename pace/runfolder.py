@@ -36,7 +36,7 @@ CHECKPOINT = "checkpoint.pt"
 #: files that hold results; a folder with any of them is checked before a run writes into it
 RESULT_FILES = (CHECKPOINT, "metrics.json", "sessions.json", "accuracy_matrix.csv")
 #: runtime fields that never change a result: a run may continue in its folder with other values
-RESULT_NEUTRAL = ("progress", "num_threads", "cache_dir", "use_cache", "reuse_stages")
+RESULT_NEUTRAL = ("progress", "num_threads", "cache_dir", "use_cache", "reuse_stages", "checkpoint_every")
 HINT = "use --out NEW for a separate run, or --no-resume to start over in this folder"
 
 
@@ -173,11 +173,13 @@ def state_checksum(state: dict[str, Any]) -> str:
     return tensor_checksum(tensors)
 
 
-def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Serialise in memory first: a full disk then fails in a plain write that names the file."""
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> int:
+    """Serialise in memory first: a full disk then fails in a plain write that names the file.
+    Returns the bytes written."""
     buf = io.BytesIO()
     torch.save({**state, "checksum": state_checksum(state)}, buf)
     write_bytes(path, buf.getbuffer())  # a view, not a copy: learner states can be large
+    return buf.getbuffer().nbytes
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -2,8 +2,10 @@
 
 For t = 1..T: ``learner.learn(session t)`` -> evaluate on the test split of every seen session (one
 shared head, no task id) -> accuracy-matrix row -> reporters. After each session the learner state,
-RNG state and results so far are checkpointed atomically; a run restarted on the same output folder
-resumes after its last finished session and gives the same result as an uninterrupted run. What the
+RNG state and results so far are checkpointed atomically (after every session, or as
+``runtime.checkpoint_every`` says when the state is large: pace/checkpointing.py); a run restarted on
+the same output folder resumes after its last checkpointed session and gives the same result as an
+uninterrupted run. What the
 folder guarantees (one config, one data set, verified checkpoints) is pace/runfolder.py's job.
 """
 
@@ -24,6 +26,7 @@ import yaml
 from pace import metrics
 from pace.backbones.registry import build_backbone
 from pace.cache import FeatureCache
+from pace.checkpointing import CheckpointClock
 from pace.config import RunConfig
 from pace.data.datasets import build_dataset
 from pace.data.features import FeatureTable, extract_features
@@ -109,6 +112,8 @@ class Runner:
         self.folder = RunFolder(self.out)
         self._saved: dict[str, Any] | None = None  # the verified checkpoint to resume from
         self._resume = True
+        #: sessions_done of the newest checkpoint on disk (runtime.checkpoint_every: not every session)
+        self.checkpointed = 0
 
     # ---------------------------------------------------------------- set-up
     def prepare(self, resume: bool = True) -> None:
@@ -206,9 +211,17 @@ class Runner:
         for r in self.reporters:
             r.on_start(self)
         T = len(self.scenario.sessions)
+        self.checkpointed = start
+        clock = CheckpointClock(self.cfg.runtime.checkpoint_every)
         for t in range(start, T):
+            t0 = time.perf_counter()
             self.results.append(self._run_session(t))
-            self._checkpoint(t + 1)
+            clock.session_took(time.perf_counter() - t0)
+            if clock.due(t + 1, T):
+                t0 = time.perf_counter()
+                nbytes = self._checkpoint(t + 1)
+                clock.wrote(time.perf_counter() - t0, nbytes)
+                self.checkpointed = t + 1
             for r in self.reporters:
                 r.on_session(self, self.results[-1])
         final = self.finish()
@@ -280,7 +293,7 @@ class Runner:
         return "\n".join(lines) + "\n"
 
     # ---------------------------------------------------------------- checkpoints
-    def _checkpoint(self, done: int) -> None:
+    def _checkpoint(self, done: int) -> int:
         state = {
             "sessions_done": done,
             "config": self.cfg.to_dict(),
@@ -291,7 +304,7 @@ class Runner:
             # dropout on a GPU draws from the device's stream: resume must continue it too
             **({"cuda_rng": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {}),
         }
-        save_checkpoint(self.out / CHECKPOINT, state)
+        return save_checkpoint(self.out / CHECKPOINT, state)
 
     def _restore(self) -> int:
         """Continue from the checkpoint that prepare() verified (config, data and checksum)."""

@@ -217,6 +217,12 @@ class TuneReporter:
 
         from pace.runner import CHECKPOINT
 
+        if runner.checkpointed != result.index + 1:
+            # runtime.checkpoint_every skipped this session: report the metrics alone, so a retry resumes
+            # from the last checkpoint Tune holds and recomputes the sessions after it (ASHA counts
+            # sessions_done, MLflow skips steps it has)
+            tune.report(trial_metrics(runner, result))
+            return
         with tempfile.TemporaryDirectory() as tmp:
             shutil.copy2(runner.out / CHECKPOINT, Path(tmp) / CHECKPOINT)
             run_id = self.tracker.run_id if self.tracker is not None else None

@@ -237,6 +237,32 @@ def test_sweep_end_to_end_optuna_mlflow_and_retry(ray_address, store, tmp_path, 
     assert (Path(res.experiment_path) / "summary.csv").read_text().count("\n") == 5
 
 
+def test_retry_resumes_from_the_last_checkpoint_when_sessions_between_were_not_checkpointed(
+        ray_address, store, tmp_path, monkeypatch):
+    """runtime.checkpoint_every: 2 over 4 sessions: the trial fails after session 3 (logged, never
+    checkpointed), Tune restores the session-2 checkpoint, session 3 is recomputed and logged once, and
+    the result is an uninterrupted run's."""
+    monkeypatch.chdir(tmp_path)
+    marker = tmp_path / "fault-claimed"
+    monkeypatch.setenv(FAULTS_ENV, json.dumps({"fail_after_session": 3, "marker": str(marker)}))
+    base = {**BASE, "data": {**BASE["data"], "synthetic_classes": 8}, "scenario": {"num_sessions": 4},
+            "runtime": {"num_threads": 1, "checkpoint_every": 2}}
+    spec = {"name": "ckpt-every", "base": base, "objective": "last_accuracy", "variants": {"joint": {}},
+            "seeds": [0], "max_failures": 1, "storage_path": str(tmp_path / "ray_results"), "tracking_uri": store}
+    res = run_study("ablation", str(_write(tmp_path / "a.yaml", spec)))
+    assert marker.exists() and res.num_errors == 0 and res.rows[0]["sessions"] == "4/4"
+    c, _, children = _runs(res.tracking_uri, "ckpt-every")
+    assert _steps(c, children[0].info.run_id) == [0, 1, 2, 3]
+    from ray.tune import ExperimentAnalysis
+
+    trial = ExperimentAnalysis(res.experiment_path).trials[0]
+    assert trial.last_result["iterations_since_restore"] == 2  # sessions 3 and 4 after the restore
+    direct = Runner(validate_config({**base, "runtime": {"num_threads": 1}}), tmp_path / "direct").run()
+    run_dir = Path(res.experiment_path) / res.rows[0]["trial"] / "run"
+    assert (run_dir / "accuracy_matrix.csv").read_bytes() == (tmp_path / "direct" / "accuracy_matrix.csv").read_bytes()
+    assert res.rows[0]["last_accuracy"] == pytest.approx(direct["last_accuracy"])
+
+
 def test_ablation_grid_tags_and_seeds(ray_address, store, tmp_path):
     spec = {
         "name": "abl", "base": BASE, "objective": "last_accuracy",
