@@ -34,7 +34,15 @@ def cmd_run(args) -> int:
     if args.quiet:
         cfg.runtime.progress = False
     out = Path(args.out or Path("runs") / cfg.name)
-    Runner(cfg, out, [ConsoleReporter()]).run(resume=not args.no_resume)
+    runner = Runner(cfg, out, [ConsoleReporter()])
+    try:
+        runner.run(resume=not args.no_resume)
+    except KeyboardInterrupt:
+        # with runtime.checkpoint_every, the sessions after the last checkpoint are recomputed on resume
+        if runner.checkpointed:
+            print(f"pace: interrupted; {out} holds a checkpoint after session {runner.checkpointed}: "
+                  "run the same command again to resume there", file=sys.stderr)
+        raise
     return 0
 
 

@@ -76,3 +76,26 @@ def test_resume_from_an_older_checkpoint_recomputes_to_the_same_results(tmp_path
     assert (tmp_path / "full" / "accuracy_matrix.csv").read_bytes() == \
         (tmp_path / "cut" / "accuracy_matrix.csv").read_bytes()
     assert [r.row for r in resumed.results] == [r.row for r in full.results]
+
+
+def test_cli_interrupt_says_where_a_rerun_resumes(tmp_path, capsys, monkeypatch):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("name: cli\ndata: {dataset: synthetic, synthetic_classes: 8, synthetic_clips_per_class: 6}\n"
+                   "scenario: {num_sessions: 4}\nbackbone: {name: logmel-stats, target_frames: 112}\n"
+                   "method: {name: simplecil}\nruntime: {checkpoint_every: 2}\n")
+    from pace.cli import main
+
+    real = Runner._run_session
+
+    def ctrl_c_in_session_4(self, t):
+        if t == 3:
+            raise KeyboardInterrupt
+        return real(self, t)
+
+    monkeypatch.setattr(Runner, "_run_session", ctrl_c_in_session_4)
+    argv = ["run", str(cfg), "--out", str(tmp_path / "o"), "--quiet"]
+    assert main(argv) == 130
+    assert f"{tmp_path / 'o'} holds a checkpoint after session 2" in capsys.readouterr().err
+    monkeypatch.setattr(Runner, "_run_session", real)
+    assert main(argv) == 0
+    assert "resumed after session 2" in capsys.readouterr().out
