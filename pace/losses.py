@@ -125,6 +125,9 @@ class BoundarySet:
     points: torch.Tensor  # (K, D): their feature points b (detached)
     labels: torch.Tensor  # (K,): their labels
     error_rate: torch.Tensor  # (N,): misclassification rate of every sample's views
+    #: (N, D): every sample's candidate point (points="clean": its clean feature, which callers can
+    #: reuse instead of a second forward pass)
+    candidates: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.indices.numel())
@@ -166,7 +169,8 @@ def boundary_set(
     error_rate = torch.cat(rates)
     idx = torch.nonzero(error_rate > rho_p).flatten()
     all_points = torch.cat(feats)
-    return BoundarySet(idx, all_points[idx.to(all_points.device)].detach(), y[idx.to(y.device)], error_rate)
+    return BoundarySet(idx, all_points[idx.to(all_points.device)].detach(), y[idx.to(y.device)], error_rate,
+                       all_points.detach())
 
 
 def _boundary_batch(

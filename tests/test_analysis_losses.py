@@ -212,6 +212,11 @@ def test_boundary_set_works_with_a_backbone_and_mask_views():
     bs = boundary_set(model_fn, x, y, n_views=6, generator=gen(1), batch_size=4)
     assert bs.error_rate.shape == (5,) and bs.points.shape == (len(bs), 16)
     assert torch.equal(bs.indices, torch.nonzero(bs.error_rate > 0.3).flatten())
+    # every clean feature comes back (PACE's class centres use them instead of a second forward pass),
+    # equal to the model's own in the same batches
+    with torch.no_grad():
+        clean = torch.cat([model_fn(x[:4])[0], model_fn(x[4:])[0]])
+    assert torch.equal(bs.candidates, clean) and torch.equal(bs.points, clean[bs.indices])
 
 
 # ---- boundary loss ------------------------------------------------------------------------------

@@ -366,9 +366,8 @@ class PACE(EmbeddingLearner):
             bset = boundary_set(model_fn, layout.to_tf(split.x), y_local, n_views=cfg.n_views, rho_p=cfg.rho_p,
                                 kind=cfg.perturbation, generator=ctx.generator(f"boundary:{session.index}"),
                                 batch_size=ctx.eval_batch_size, device=ctx.device, **self._perturb_options())
-            clean = torch.cat([model_fn(layout.to_tf(split.x[s:s + ctx.eval_batch_size]).to(ctx.device))[0]
-                               for s in range(0, len(split), ctx.eval_batch_size)])
-        ctx.count("forward_samples", len(split) * (cfg.n_views + 2))
+            clean = bset.candidates  # the clean features, batch for batch as boundary_set computed them
+        ctx.count("forward_samples", len(split) * (cfg.n_views + 1))
         centres = torch.stack([clean[y_local.to(clean.device) == c].mean(0) for c in range(len(session.classes))])
         self.trace.append(f"boundary:{session.index + 1}:{len(bset)}")
         if len(bset) == 0:
