@@ -276,7 +276,7 @@ class Runner:
             "units": "accuracies, forgetting and bwt in percent",
         })
         final.update(inert_flags([r.diagnostics for r in self.results]))
-        for kind in ("inert", "no_gain"):  # pace.methods.diagnostics: thresholds and reasons
+        for kind in ("inert", "no_gain", "harmful"):  # pace.methods.diagnostics: thresholds and reasons
             for reason in final.get(f"adaptation_{kind}_reasons", []):
                 print(f"WARNING: adaptation {kind.replace('_', ' ')}: {reason}", file=sys.stderr)
         write_all({self.out / "accuracy_matrix.csv": self.matrix_csv(m).encode(),

@@ -84,7 +84,8 @@ def test_inert_flags_and_metric_flattening():
     moved = {"adapted": 1, "stage": "fsa", "delta_w_session_rel": 0.05, "emb_cosine": 0.9,
              "head_acc_before": 50.0, "head_acc_after": 75.0}
     assert inert_flags([moved, {"adapted": 0}]) == {"adaptation_inert": False, "adaptation_inert_reasons": [],
-                                                    "adaptation_no_gain": False, "adaptation_no_gain_reasons": []}
+                                                    "adaptation_no_gain": False, "adaptation_no_gain_reasons": [],
+                                                    "adaptation_harmful": False, "adaptation_harmful_reasons": []}
     still = {**moved, "delta_w_session_rel": 1e-5, "emb_cosine": 0.99999, "head_acc_after": 50.0}
     flags = inert_flags([still])
     assert flags["adaptation_inert"] and len(flags["adaptation_inert_reasons"]) == 2
@@ -96,6 +97,17 @@ def test_inert_flags_and_metric_flattening():
     # saturated (100 % both) is not "no gain"; nothing adapted by configuration: no flags at all
     assert not inert_flags([{**moved, "head_acc_before": 100.0, "head_acc_after": 100.0}])["adaptation_no_gain"]
     assert inert_flags([{"adapted": 0}, {"adapted": 0}]) == {}
+    # harmful: the held-out head lost more than one clip's worth (PACE's FSA at a rate searched on
+    # 16-clip sessions, run on 160-clip ones: 100 -> 90 % on 40 held-out clips)
+    worse = {**moved, "head_acc_before": 100.0, "head_acc_after": 90.0, "head_acc_n": 40}
+    flags = inert_flags([worse])
+    assert flags["adaptation_harmful"] and not flags["adaptation_no_gain"] and not flags["adaptation_inert"]
+    assert flags["adaptation_harmful_reasons"] == [
+        "session 1 (fsa): held-out analytic-head accuracy fell from 100.00 % to 90.00 % with the adaptation "
+        "(40 held-out clips)"]
+    one_clip = {**worse, "head_acc_after": 97.5}  # exactly one of 40 clips: within noise, not flagged
+    assert not inert_flags([one_clip])["adaptation_harmful"]
+    assert inert_flags([{**one_clip, "head_acc_after": 97.4}])["adaptation_harmful"]
     m = diagnostic_metrics({"cka_block": [0.5, float("nan")], "delta_w_norm_block": {"1": 2.0}, "stage": "fsa",
                             "msa_ran": True, "diag_time_s": 1.5})
     assert m == {"diag_cka_block_0": 0.5, "diag_delta_w_norm_block_1": 2.0, "diag_msa_ran": 1.0, "diag_time_s": 1.5}
@@ -169,6 +181,21 @@ def test_ranpac_fsa_records_and_frozen_ranpac_is_not_flagged(tmp_path):
     assert runner.results[0].diagnostics == {"adapted": 0, "stage": "none",
                                              "ridge_lam": runner.learner.classifier.last_lam,
                                              "ridge_lam_used": runner.learner.classifier.head.lam_used}
+
+
+def test_fsa_that_hurts_the_head_is_flagged_harmful(tmp_path, capsys):
+    """RanPAC's FSA at a rate far too high for these sessions: the features still move (not inert), but a
+    fresh analytic head does worse on them than on the pretrained ones, and the run says so."""
+    runner, final = _run(tmp_path, {"name": "ranpac", "fsa": {"train": {"epochs": 5, "lr": 0.3}},
+                                    "analytic": {"proj_dim": 128}})
+    d = runner.results[0].diagnostics
+    assert d["head_acc_n"] == len(runner.scenario.sessions[0].train)  # cv2: every training clip held out once
+    assert d["head_acc_before"] - d["head_acc_after"] > 100.0 / d["head_acc_n"]
+    assert final["adaptation_harmful"] is True and final["adaptation_inert"] is False
+    assert "WARNING: adaptation harmful: session 1 (fsa): held-out analytic-head accuracy fell from" \
+        in capsys.readouterr().err
+    assert json.loads((tmp_path / "metrics.json").read_text())["adaptation_harmful_reasons"] == \
+        final["adaptation_harmful_reasons"]
 
 
 def test_pace_temp_head_switch_changes_what_trains(tmp_path):

@@ -19,7 +19,8 @@ numbers only with a ``diag_`` prefix, to every tracker):
   Evaluated on the session's validation split when the scenario carves one (``head_acc_eval: val``),
   else by 2-fold cross-validation over its training clips (class-stratified, deterministic;
   ``head_acc_eval: cv2``): held-out accuracy either way, never test data. In session 1 "before" is
-  the pretrained backbone, i.e. the analytic head without FSA.
+  the pretrained backbone, i.e. the analytic head without FSA. ``head_acc_n``: the held-out clips
+  they count.
 - ``ridge_lam``: the ridge strength the analytic head chose this session (every session). A small
   one fits the stored statistics tightly, so old classes break under even a small feature drift.
 - ``ridge_lam_used``: the lam the cumulative system was solved with: ``ridge_lam`` raised to the
@@ -36,7 +37,11 @@ A run is flagged ``adaptation_inert`` (metrics.json, plus a WARNING in the run o
 (fsa, or msa over all its sessions) left the features where they were in every session it adapted:
 ``delta_w_session_rel < INERT_DELTA_REL`` (1e-3) or ``emb_cosine > INERT_COSINE`` (0.999). ``adaptation_no_gain`` flags an adapted session whose
 held-out head accuracy is exactly unchanged while below 100 % (a saturated set cannot show a gain).
-A run that adapts nothing by configuration (RanPAC w/o FSA, SimpleCIL) is not flagged.
+``adaptation_harmful`` flags an adapted session whose held-out head accuracy fell by more than one
+held-out clip (100 / ``head_acc_n`` points): the adaptation made the features worse for the analytic
+head than they were before it (e.g. an FSA rate searched on sessions of 16 clips taking 10x the steps
+on sessions of 160). A run that adapts nothing by configuration (RanPAC w/o FSA, SimpleCIL) is not
+flagged.
 """
 
 from __future__ import annotations
@@ -173,6 +178,7 @@ def record_adaptation(learner, session, z_before: torch.Tensor, z_after: torch.T
                                              z=z_before, z_val=zv_before, **kw)
         d["head_acc_after"] = head_accuracy(generator=ctx.generator(f"diag-head:{session.index}"),
                                             z=z_after, z_val=zv_after if zv_before is not None else None, **kw)
+        d["head_acc_n"] = len(yv) if zv_before is not None else len(y)
 
 
 def embeddings_before(learner, session) -> torch.Tensor:
@@ -225,7 +231,7 @@ def _inert_reasons(t: int, d: dict[str, Any]) -> list[str]:
 
 
 def inert_flags(session_diags: list[dict[str, Any]]) -> dict[str, Any]:
-    """``adaptation_inert`` / ``adaptation_no_gain`` with the reasons (see the module docstring).
+    """``adaptation_inert`` / ``_no_gain`` / ``_harmful`` with the reasons (see the module docstring).
 
     A stage (fsa, msa) is inert when every session it adapted is; the run is flagged when any
     stage is. (One MSA session that barely moves is what the projection is for; a stage that
@@ -234,7 +240,7 @@ def inert_flags(session_diags: list[dict[str, Any]]) -> dict[str, Any]:
     adapted = [(t, d) for t, d in enumerate(session_diags) if d.get("adapted")]
     if not adapted:
         return {}
-    inert, no_gain = [], []
+    inert, no_gain, harmful = [], [], []
     for stage in dict.fromkeys(d.get("stage") for _, d in adapted):
         reasons = [_inert_reasons(t, d) for t, d in adapted if d.get("stage") == stage]
         if all(reasons):
@@ -244,5 +250,12 @@ def inert_flags(session_diags: list[dict[str, Any]]) -> dict[str, Any]:
         if before is not None and after is not None and before == after and before < 100.0:
             no_gain.append(f"session {t + 1} ({d.get('stage')}): held-out analytic-head accuracy "
                            f"{after:.2f} % unchanged by the adaptation")
+        n = d.get("head_acc_n")
+        one_clip = 100.0 / n if n else 0.0  # older runs did not record n: any fall
+        if before is not None and after is not None and before - after > one_clip + 1e-9:
+            harmful.append(f"session {t + 1} ({d.get('stage')}): held-out analytic-head accuracy fell from "
+                           f"{before:.2f} % to {after:.2f} % with the adaptation"
+                           + (f" ({n} held-out clips)" if n else ""))
     return {"adaptation_inert": bool(inert), "adaptation_inert_reasons": inert,
-            "adaptation_no_gain": bool(no_gain), "adaptation_no_gain_reasons": no_gain}
+            "adaptation_no_gain": bool(no_gain), "adaptation_no_gain_reasons": no_gain,
+            "adaptation_harmful": bool(harmful), "adaptation_harmful_reasons": harmful}
