@@ -12,7 +12,7 @@ from torch import nn
 from pace.analysis import blockwise_cka, linear_cka, representation_drift
 from pace.backbones.base import Backbone, BackboneOutput
 from pace.data.frontend import FbankFrontend
-from pace.losses import boundary_loss, boundary_set, perturb
+from pace.losses import boundary_loss, boundary_set, perturb, wrong_views_needed
 
 
 def gen(seed: int) -> torch.Generator:
@@ -198,6 +198,49 @@ def test_boundary_set_finds_the_sample_near_the_decision_boundary():
                          generator=gen(1), snr_db=0.0, points="views")
     assert views.indices.tolist() == [1]
     assert views.points.mean() < 0  # the misclassified views lie on the class-1 side
+
+
+@pytest.mark.parametrize("n_views, rho_p", [(20, 0.3), (10, 0.3), (7, 0.5), (20, 0.0), (20, 0.95), (5, 1.0)])
+def test_early_decision_gives_the_set_of_evaluating_every_view(n_views, rho_p):
+    """Membership, points and the generator's stream are those of the full evaluation, for fewer views."""
+    torch.manual_seed(0)
+    backbone, head = TinyMLPBackbone().eval(), nn.Linear(16, 3)
+    seen = []
+
+    def model_fn(xb):
+        seen.append(xb.shape[0])
+        f = backbone(xb).pooled
+        return f, head(f)
+
+    x, y = torch.randn(13, 10, 8, generator=gen(0)), torch.randint(0, 3, (13,), generator=gen(2))
+    kw = dict(n_views=n_views, rho_p=rho_p, kind="mask", batch_size=5)
+    g_full, g_early = gen(1), gen(1)
+    full = boundary_set(model_fn, x, y, generator=g_full, early_decision=False, **kw)
+    full_views, seen[:] = sum(seen) - len(x), []
+    early = boundary_set(model_fn, x, y, generator=g_early, **kw)
+    early_views = sum(seen) - len(x)
+    assert torch.equal(early.indices, full.indices) and torch.equal(early.points, full.points)
+    assert torch.equal(early.candidates, full.candidates) and torch.equal(early.labels, full.labels)
+    assert torch.equal(g_full.get_state(), g_early.get_state())  # every view was still drawn
+    assert full.views_evaluated == full_views == len(x) * n_views
+    assert early.views_evaluated == early_views <= full_views
+    assert torch.equal(early.error_rate > rho_p, full.error_rate > rho_p)
+    assert early_views < full_views  # some samples were decided before their last view
+
+
+def test_early_decision_stops_at_the_fewest_views_that_decide():
+    """A model right on every view: out after V - need + 1 views (14 of 20 at 0.3); wrong on every view:
+    in after need (7)."""
+    def always(label):
+        return lambda xb: (xb.mean(dim=1), torch.nn.functional.one_hot(
+            torch.full((xb.shape[0],), label), 2).float())
+
+    x, y = torch.randn(4, 6, 5, generator=gen(0)), torch.zeros(4, dtype=torch.long)
+    right = boundary_set(always(0), x, y, n_views=20, rho_p=0.3, generator=gen(1), batch_size=4)
+    assert len(right) == 0 and right.views_evaluated == 4 * 14 and right.error_rate.tolist() == [0.0] * 4
+    wrong = boundary_set(always(1), x, y, n_views=20, rho_p=0.3, generator=gen(1), batch_size=4)
+    assert wrong.indices.tolist() == [0, 1, 2, 3] and wrong.views_evaluated == 4 * 7
+    assert wrong.error_rate.tolist() == [1.0] * 4
 
 
 def test_boundary_set_works_with_a_backbone_and_mask_views():

@@ -367,7 +367,7 @@ class PACE(EmbeddingLearner):
                                 kind=cfg.perturbation, generator=ctx.generator(f"boundary:{session.index}"),
                                 batch_size=ctx.eval_batch_size, device=ctx.device, **self._perturb_options())
             clean = bset.candidates  # the clean features, batch for batch as boundary_set computed them
-        ctx.count("forward_samples", len(split) * (cfg.n_views + 1))
+        ctx.count("forward_samples", bset.views_evaluated + len(split))
         centres = torch.stack([clean[y_local.to(clean.device) == c].mean(0) for c in range(len(session.classes))])
         self.trace.append(f"boundary:{session.index + 1}:{len(bset)}")
         if len(bset) == 0:
