@@ -148,9 +148,9 @@ class RuntimeConfig(Strict):
     #: storage type of frontend features in the feature store (float16: half the disk and page cache)
     feature_dtype: Literal["float32", "float16"] = "float32"
     progress: bool = True
-    #: write the resume checkpoint after every N-th session (and always after the last); "auto":
-    #: whenever the sessions since the last one took >= CHECKPOINT_BUDGET x that write (pace.checkpointing).
-    #: A resumed run recomputes the sessions after its checkpoint: results do not depend on it
+    #: write the resume checkpoint after every N-th session (and always after the last); "auto": after
+    #: every session while it is under 64 MiB, a larger one once the sessions since took 20x its write
+    #: time (pace.checkpointing). A resume recomputes the sessions after it: results do not depend on it
     checkpoint_every: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
     #: bf16 autocast for backbone forward passes on CUDA
     bf16: bool = True
