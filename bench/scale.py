@@ -4,6 +4,7 @@
     python bench/scale.py rss [--clips 300 2000]
     python bench/scale.py sc2 [--trials 1 4] [--real-features]
     python bench/scale.py checkpoint [--sessions 60] [--proj-dim 8192] [--form recursive]
+    python bench/scale.py lora [--stacks 1 14 60 315] [--backbone eat-base]
 
 ``head``: the analytic head over a TIMIT-2-shaped run (315 sessions of 2 classes x 8 clips, M = 8192,
 generated 768-d embeddings), through ``AnalyticClassifier.fit_session`` exactly as RanPAC / PACE call
@@ -29,6 +30,15 @@ Frontend rows are synthetic unless ``--real-features`` (everything after the fro
 M = 8192, recursive form by default), writing the resume checkpoint after every session and with
 ``runtime.checkpoint_every: auto``, side by side: wall time, checkpoints written and their time, and
 whether the accuracy matrices are identical.
+
+``lora``: one forward (no_grad) and one training step of a backbone (``eat-base`` from its config,
+random weights, 1 s inputs, LoRA rank 8 on q and v of every block, as PACE and ``lorasub`` put it)
+carrying 1, 14 (PACE's T_3 on TIMIT) or 315 (``lorasub`` on TIMIT-2: a stack per session) LoRA
+stacks, with the earlier stacks folded into one weight (``LoRALinear.forward``) and with every stack
+applied on its own (``forward_unfolded``, the cost before the fold), side by side; prints times,
+their ratios and the largest output difference between the two. The unfolded step is timed only
+up to ``--each-step-max`` stacks: its backward holds one output-sized gradient per stack at once
+(at 315 stacks of eat-base, batch 8, it was killed at 24 GiB RSS here).
 """
 
 from __future__ import annotations
@@ -95,6 +105,65 @@ def head_bench(args: argparse.Namespace) -> None:
             first, last = [tt[t] for t in solved[:n]], [tt[t] for t in solved[-n:]]
             print(f"{form:9s} last-{n} / first-{n} per-session {name} time = "
                   f"{(sum(last) / len(last)) / (sum(first) / len(first)):.2f}x")
+
+
+def lora_bench(args: argparse.Namespace) -> None:
+    from pace.backbones.registry import build_backbone
+    from pace.config import BackboneConfig
+    from pace.methods.parts import Adapter, LoRAConfig, freeze_backbone
+    from pace.peft.lora import LoRALinear
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    bb = build_backbone(BackboneConfig(name=args.backbone, target_frames=args.frames), init_seed=0)
+    freeze_backbone(bb)
+    bb.eval()
+    adapter = Adapter(bb, LoRAConfig())
+    adapter.attach(list(range(bb.num_blocks)))
+    layers = list(adapter.manager.modules.values())
+    x = torch.randn(args.batch, *bb.frontend.shape, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(1)
+
+    def timed(fn) -> float:
+        fn()  # warm-up (and the fold's one build)
+        start = time.perf_counter()
+        for _ in range(args.reps):
+            fn()
+        return (time.perf_counter() - start) / args.reps
+
+    def step() -> None:
+        bb(x).pooled.square().mean().backward()
+
+    def forward() -> torch.Tensor:
+        with torch.no_grad():
+            return bb(x).pooled
+
+    print(f"lora: {args.backbone}, {bb.num_blocks} blocks, {len(layers)} LoRA layers, batch {args.batch} x "
+          f"{tuple(bb.frontend.shape)}, threads {torch.get_num_threads()}, {args.reps} reps; "
+          "step = forward + backward")
+    print(f"{'stacks':>6} {'fwd folded':>11} {'fwd each':>10} {'ratio':>6} {'step folded':>12} {'step each':>10} "
+          f"{'ratio':>6} {'max |diff|':>11}")
+    for target in sorted(args.stacks):
+        while adapter.num_sessions < target:
+            adapter.new_session(g)
+            with torch.no_grad():  # trained-looking stacks: B != 0, so every stack changes the output
+                for m in layers:
+                    m.lora_B[-1].normal_(0.0, 0.01, generator=g)
+        out = {}
+        for name, fwd in (("folded", LoRALinear.forward), ("each", LoRALinear.forward_unfolded)):
+            for m in layers:
+                m.forward = fwd.__get__(m)
+            y = forward()
+            t_fwd = timed(forward)
+            t_step = timed(step) if name == "folded" or target <= args.each_step_max else None
+            out[name] = (t_fwd, t_step, y)
+        for m in layers:
+            del m.forward  # back to the class's method
+        (ff, sf, yf), (fe, se, ye) = out["folded"], out["each"]
+        each_step = (f"{se * 1e3:8.1f}ms {se / sf:5.2f}x" if se is not None
+                     else f"{'skipped':>10} {'':>6}")  # its backward memory grows with the stacks
+        print(f"{target:6d} {ff * 1e3:9.1f}ms {fe * 1e3:8.1f}ms {fe / ff:5.2f}x {sf * 1e3:10.1f}ms {each_step} "
+              f"{float((yf - ye).abs().max()):11.2e}", flush=True)
 
 
 def _sync(device: torch.device) -> None:
@@ -331,8 +400,19 @@ def main() -> None:
     k.add_argument("--proj-dim", type=int, default=8192)
     k.add_argument("--form", choices=["recursive", "gram"], default="recursive")
     k.add_argument("--work", default=None)
+    lo = sub.add_parser("lora", help="backbone forward / train step with many LoRA stacks, folded vs each on its own")
+    lo.add_argument("--stacks", type=int, nargs="+", default=[1, 14, 60, 315])
+    lo.add_argument("--backbone", default="eat-base")
+    lo.add_argument("--frames", type=int, default=112, help="fbank frames (112 = about 1 s, a multiple of 16)")
+    lo.add_argument("--batch", type=int, default=8)
+    lo.add_argument("--reps", type=int, default=3)
+    lo.add_argument("--threads", type=int, default=None)
+    lo.add_argument("--each-step-max", type=int, default=60,
+                    help="time the unfolded training step only up to this many stacks (its backward "
+                         "memory grows with them: more than 20 GiB at 315 stacks of eat-base)")
     args = ap.parse_args()
-    {"head": head_bench, "rss": rss_bench, "sc2": sc2_bench, "checkpoint": checkpoint_bench}[args.cmd](args)
+    {"head": head_bench, "rss": rss_bench, "sc2": sc2_bench, "checkpoint": checkpoint_bench,
+     "lora": lora_bench}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -224,5 +224,6 @@ def test_pace_memory_basis_holds_the_learned_sessions_input_covariance(tmp_path)
     again = collect_input_covariances(pace.adapter.manager, pace.backbone, x1, 64, subtracted=False)
     assert set(again) == set(pace.memory) and pace.memory_n == len(x1)
     for name, c in again.items():
-        assert torch.allclose(pace.memory[name], c, rtol=1e-6, atol=1e-9)
+        # float32 roundoff apart: with a second stack present the first is folded into W (pace.peft.lora)
+        assert torch.allclose(pace.memory[name], c, rtol=1e-5, atol=1e-6 * float(c.abs().max()))
     assert runner.results[1].diagnostics["delta_w_norm"] > 0

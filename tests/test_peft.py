@@ -159,6 +159,82 @@ def test_merge_unmerge_round_trip():
     assert all(torch.equal(v, state_before[k]) for k, v in model.state_dict().items())
 
 
+def stacked_layer(stacks: int, dtype: torch.dtype = torch.float64) -> LoRALinear:
+    """A 16 -> 12 layer with ``stacks`` LoRA stacks, every B non-zero, the newest trainable."""
+    torch.manual_seed(0)
+    m = LoRALinear(nn.Linear(16, 12).to(dtype))
+    for s in range(stacks):
+        m.add_session(rank=2, alpha=4.0, generator=gen(30 + s))
+        with torch.no_grad():
+            m.lora_B[-1].copy_(torch.randn(m.lora_B[-1].shape, generator=gen(40 + s), dtype=dtype) * 0.3)
+    return m
+
+
+@pytest.mark.parametrize("mode", ["normal", "subtracted"])
+def test_folded_forward_and_gradients_equal_every_stack_applied_on_its_own(mode):
+    m, x = stacked_layer(6), torch.randn(5, 16, generator=gen(1), dtype=torch.float64)
+    m.set_mode(mode)
+    torch.testing.assert_close(m(x), m.forward_unfolded(x), rtol=0, atol=1e-12)
+    if mode == "subtracted":  # the trainable stack is left out of the unlearned model: no gradient
+        return
+    grads = []
+    for fwd in (m.forward, m.forward_unfolded):
+        a, b = m.trainable_stack()
+        a.grad = b.grad = None
+        fwd(x).pow(2).sum().backward()
+        grads.append((a.grad.clone(), b.grad.clone()))
+    for g_fold, g_ref in zip(*grads):
+        torch.testing.assert_close(g_fold, g_ref, rtol=0, atol=1e-12)
+
+
+def test_a_forward_costs_the_same_with_one_stack_or_fifty(monkeypatch):
+    calls = []
+    real = F.linear
+    monkeypatch.setattr(F, "linear", lambda *a, **k: calls.append(a[1].shape) or real(*a, **k))
+    x = torch.randn(3, 16, generator=gen(2), dtype=torch.float64)
+    for stacks in (1, 50):
+        m = stacked_layer(stacks)
+        calls.clear()
+        m(x)
+        m(x)  # the fold is built once and reused
+        assert len(calls) == 6, f"{stacks} stacks: {len(calls)} matmuls for two forwards"
+        folded = m._fold[1] if m._fold else None
+        m(x)
+        assert (m._fold[1] if m._fold else None) is folded
+
+
+def test_freezing_the_newest_stack_leaves_outputs_bit_identical():
+    m, x = stacked_layer(4), torch.randn(5, 16, generator=gen(3), dtype=torch.float64)
+    y = m(x)
+    m.freeze_all()
+    assert torch.equal(m(x), y)
+
+
+def test_the_fold_follows_in_place_writes_new_stacks_and_dtype_moves():
+    model, x = tiny(), data()
+    manager = trained_manager(model, sessions=3)
+    layer = manager.modules["blocks.1.attn.v"]
+    inp = torch.randn(4, 16, generator=gen(4))
+    layer(inp)  # builds the fold
+    # an in-place write to a folded (frozen) stack, as load_state_dict does
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    key = next(k for k in state if k.endswith("attn.v.lora_B.0"))
+    state[key] += 0.5
+    model.load_state_dict(state)
+    torch.testing.assert_close(layer(inp), layer.forward_unfolded(inp), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        layer.base.weight.mul_(2.0)
+    torch.testing.assert_close(layer(inp), layer.forward_unfolded(inp), rtol=1e-5, atol=1e-5)
+    manager.add_session(rank=3, alpha=6.0, generator=gen(50))  # the old newest joins the fold
+    randomise_newest_b(manager, 51)
+    torch.testing.assert_close(layer(inp), layer.forward_unfolded(inp), rtol=1e-5, atol=1e-5)
+    model.double()
+    assert layer(inp.double()).dtype == torch.float64
+    torch.testing.assert_close(layer(inp.double()), layer.forward_unfolded(inp.double()), rtol=0, atol=1e-12)
+    # the fold is never part of the state
+    assert not any("fold" in k for k in model.state_dict())
+
+
 def test_merged_weight_equals_w0_plus_sum_of_stacks():
     model = tiny(dtype=torch.float64)
     manager = trained_manager(model, sessions=3)

@@ -6,8 +6,16 @@ adaptation session ``s``: ``A_s`` (r x in, the input-side factor) and ``B_s`` (o
 
 * normal:     ``W = W0 + sum_s scale_s * B_s A_s`` (all stacks)
 * subtracted: ``W = W0 - sum_{s frozen} scale_s * B_s A_s`` (the "unlearned" model of LoRA
-  subtraction; the trainable stack, if any, is left out, so the result is the same whether the
-  new session's stack, still at B = 0, has been added yet or not)
+  subtraction; the trainable stack, if any, is left out, so the map is the same, to roundoff,
+  whether the new session's stack, still at B = 0, has been added yet or not)
+
+Only the newest stack can train, so the forward folds ``W0`` and every earlier stack of the current
+mode into one weight (float64 sum, cast back) and applies only the newest as a low-rank pair: a
+forward costs the same with 1 stack or 300 (``lorasub`` adds one per session), and freezing the
+newest stack leaves every output bit as it was. The fold is cached under the version counters and
+storage of ``W0`` and of every stack it holds, so an in-place write (``load_state_dict``,
+``copy_``), a new stack, a mode switch or a move to another device or dtype rebuilds it; it is
+never part of the state dict.
 
 Merging computes the effective weight of the current mode once (float64, cast back) and uses it in
 place of the base weight until unmerged. The base ``nn.Linear`` is never written, so unmerging is
@@ -48,6 +56,8 @@ class LoRALinear(nn.Module):
         self.newest_trainable = False
         self.mode = "normal"
         self._merged_weight: torch.Tensor | None = None
+        #: (key, W0 + every stack but the newest, in the current mode) for ``forward``; see ``_folded``
+        self._fold: tuple[tuple, torch.Tensor] | None = None
 
     # ---- structure -------------------------------------------------------------------------
 
@@ -152,9 +162,36 @@ class LoRALinear(nn.Module):
         """Call ``fn(x)`` with this layer's input on every forward (e.g. to accumulate X^T X)."""
         return self.register_forward_pre_hook(lambda _module, args: fn(args[0]))
 
+    def _folded(self, coefs: list[float], stacks: list[int]) -> torch.Tensor:
+        """``W0 + sum_{s in stacks} coef_s B_s A_s`` (float64 sum, base dtype), rebuilt only when
+        a tensor it was built from changed (version counter or storage) or the stacks did."""
+        w = self.base.weight
+        tensors = [w] + [t for s in stacks for t in (self.lora_A[s], self.lora_B[s])]
+        key = (tuple(coefs[s] for s in stacks), tuple(stacks), w.dtype, w.device,
+               tuple((t._version, t.data_ptr()) for t in tensors))
+        if self._fold is None or self._fold[0] != key:
+            with torch.no_grad():
+                delta = sum(coefs[s] * (self.lora_B[s].double() @ self.lora_A[s].double()) for s in stacks)
+                self._fold = (key, (w.double() + delta).to(w.dtype))
+        return self._fold[1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._merged_weight is not None:
             return F.linear(x, self._merged_weight, self.base.bias)
+        coefs = self._coefficients()
+        # The newest stack stays a low-rank pair whether it trains or not, so freezing it does not
+        # change a single output bit; all earlier ones are frozen and folded.
+        newest = self.num_sessions - 1
+        folded = [s for s in range(newest) if coefs[s] != 0.0]
+        weight = self._folded(coefs, folded) if folded else self.base.weight
+        y = F.linear(x, weight, self.base.bias)
+        if newest >= 0 and coefs[newest] != 0.0:
+            y = y + coefs[newest] * F.linear(F.linear(x, self.lora_A[newest]), self.lora_B[newest])
+        return y
+
+    def forward_unfolded(self, x: torch.Tensor) -> torch.Tensor:
+        """The same map with every stack applied as its own low-rank pair (cost grows with the
+        stacks): the reference ``forward`` is tested and benchmarked against."""
         y = self.base(x)
         for s, c in enumerate(self._coefficients()):
             if c != 0.0:
