@@ -210,6 +210,17 @@ def test_freezing_the_newest_stack_leaves_outputs_bit_identical():
     assert torch.equal(m(x), y)
 
 
+def test_a_fold_built_during_inference_mode_evaluation_serves_a_later_training_step():
+    m = stacked_layer(3, dtype=torch.float32)
+    with torch.inference_mode():
+        m(torch.randn(2, 16, generator=gen(5)))  # evaluation builds the fold
+    x = torch.randn(2, 16, generator=gen(6)).requires_grad_(True)
+    m(x).square().sum().backward()  # its weight is saved for dL/dx: must not be an inference tensor
+    ref = x.detach().clone().requires_grad_(True)
+    m.forward_unfolded(ref).square().sum().backward()
+    torch.testing.assert_close(x.grad, ref.grad, rtol=1e-5, atol=1e-6)
+
+
 def test_the_fold_follows_in_place_writes_new_stacks_and_dtype_moves():
     model, x = tiny(), data()
     manager = trained_manager(model, sessions=3)

@@ -170,7 +170,9 @@ class LoRALinear(nn.Module):
         key = (tuple(coefs[s] for s in stacks), tuple(stacks), w.dtype, w.device,
                tuple((t._version, t.data_ptr()) for t in tensors))
         if self._fold is None or self._fold[0] != key:
-            with torch.no_grad():
+            # a normal tensor even when built under inference_mode (evaluation): a later training
+            # forward with the same stacks saves it for backward
+            with torch.inference_mode(False), torch.no_grad():
                 delta = sum(coefs[s] * (self.lora_B[s].double() @ self.lora_A[s].double()) for s in stacks)
                 self._fold = (key, (w.double() + delta).to(w.dtype))
         return self._fold[1]
