@@ -80,6 +80,42 @@ def test_mean_cosine_and_head_accuracy_identities():
     assert acc_val == 0.0
 
 
+def _classifier_accuracy(cfg, in_dim, seed, generator, z, y, z_val=None, y_val=None) -> float:
+    """The reference: what head_accuracy computed before the dual solve, through AnalyticClassifier."""
+    from pace.methods.diagnostics import _folds
+    from pace.methods.parts import AnalyticClassifier
+
+    pairs = ([(torch.arange(len(y)), None)] if z_val is not None else
+             [(a, b) for a, b in [_folds(y), _folds(y)[::-1]]])
+    correct = total = 0
+    for fit, held in pairs:
+        clf = AnalyticClassifier(in_dim, cfg, seed=seed)
+        clf.fit_session(z[fit].float(), y[fit], int(y.max()) + 1, generator)
+        zt, yt = (z_val, y_val) if held is None else (z[held], y[held])
+        correct += int((clf.logits(zt.float()).argmax(-1) == yt).sum())
+        total += len(yt)
+    return 100.0 * correct / total
+
+
+@pytest.mark.parametrize("ridge", ["select", "fixed"])
+@pytest.mark.parametrize("proj_dim", [512, 0])
+def test_head_accuracy_equals_a_fresh_analytic_classifier(ridge, proj_dim):
+    # overlapping classes, so the accuracy is neither 0 nor 100 and the lam choice matters
+    g = torch.Generator().manual_seed(7)
+    y = torch.arange(40) % 4
+    means = torch.randn(4, 24, generator=g)
+    z = means[y] + 3.0 * torch.randn(40, 24, generator=g)
+    zv, yv = means[y[:12]] + 3.0 * torch.randn(12, 24, generator=g), y[:12]
+    cfg = AnalyticConfig(proj_dim=proj_dim, ridge=ridge, lam=0.5, form="gram" if ridge == "select" else "auto")
+    seen = set()
+    for zval, yval in ((None, None), (zv, yv)):
+        got = head_accuracy(cfg, 24, 3, torch.Generator().manual_seed(1), z, y, z_val=zval, y_val=yval)
+        ref = _classifier_accuracy(cfg, 24, 3, torch.Generator().manual_seed(1), z, y, zval, yval)
+        assert got == ref
+        seen.add(got)
+    assert all(0.0 < a < 100.0 for a in seen), seen
+
+
 def test_inert_flags_and_metric_flattening():
     moved = {"adapted": 1, "stage": "fsa", "delta_w_session_rel": 0.05, "emb_cosine": 0.9,
              "head_acc_before": 50.0, "head_acc_after": 75.0}

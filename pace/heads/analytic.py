@@ -493,6 +493,33 @@ class AnalyticHead(GrowingBuffers):
             raise ValueError(f"loaded AnalyticHead statistics do not match dim={m} and form={self.form!r}")
 
 
+def fit_rows(n: int, fit_fraction: float = 0.8) -> int:
+    """RanPAC's split of a session for choosing lam: the first this many rows fit, the rest validate."""
+    if n < 2:
+        raise ValueError("ridge selection needs at least 2 samples in the session")
+    return min(max(int(fit_fraction * n), 1), n - 1)
+
+
+def fresh_head_logits(H_fit: torch.Tensor, y_fit: torch.Tensor, H_eval: torch.Tensor, lam: float,
+                      num_classes: int, floor: bool = True) -> torch.Tensor:
+    """Logits on ``H_eval`` of a fresh head fit on one batch of rows and solved at ``lam``.
+
+    The same ridge solution a new ``AnalyticHead`` gives after ``accumulate`` + ``solve(lam)``, from
+    the N x N system when N < M (``RidgePath``, dual) instead of the M x M one: milliseconds instead
+    of an M x M Cholesky. ``floor``: raise lam to the Gram form's roundoff floor as ``solve`` does
+    (trace(G) = ||H||_F^2), so both pick the same lam_used.
+    """
+    H = as_features(H_fit, H_fit.shape[1], H_fit.device, "fit features")
+    lam = float(lam)
+    if floor:
+        lam = max(lam, RIDGE_FLOOR_EPS * torch.finfo(F64).eps * float(H.square().sum()))
+    Y = one_hot(as_labels(y_fit, H.shape[0], H.device), num_classes)
+    X = as_features(H_eval, H.shape[1], H.device, "eval features")
+    out = RidgePath(H, Y).predict(X, [lam])[0]
+    check_finite(out, f"fresh-head logits at lam={lam:g}", "use a larger lam")
+    return out
+
+
 def fit_session_ranpac(head: AnalyticHead, features: torch.Tensor, labels: torch.Tensor,
                        grid: Sequence[float] = RIDGE_GRID, criterion: Criterion = "mse",
                        fit_fraction: float = 0.8, num_classes: int | None = None) -> RidgeSelection:
@@ -505,11 +532,8 @@ def fit_session_ranpac(head: AnalyticHead, features: torch.Tensor, labels: torch
     """
     if head.form != "gram":
         raise ValueError("RanPAC's flow re-solves for a new lam each session: it needs form='gram'")
-    n = int(features.shape[0])
-    if n < 2:
-        raise ValueError("ridge selection needs at least 2 samples in the session")
+    n_fit = fit_rows(int(features.shape[0]), fit_fraction)
     head.accumulate(features, labels, num_classes)
-    n_fit = min(max(int(fit_fraction * n), 1), n - 1)
     sel = select_ridge(features[:n_fit], labels[:n_fit], features[n_fit:], labels[n_fit:], grid, criterion,
                        num_classes=head.num_classes)
     head.solve(sel.lam)

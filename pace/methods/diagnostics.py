@@ -119,22 +119,41 @@ def _folds(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def head_accuracy(analytic_cfg, in_dim: int, seed: int, generator: torch.Generator, z: torch.Tensor,
                   y: torch.Tensor, z_val: torch.Tensor | None = None, y_val: torch.Tensor | None = None) -> float:
-    """Held-out accuracy (%) of a fresh analytic head (the learner's projection seed and ridge rule)."""
-    from pace.methods.parts import AnalyticClassifier
+    """Held-out accuracy (%) of a fresh analytic head (the learner's projection seed and ridge rule).
+
+    The head is the one ``AnalyticClassifier.fit_session`` would build (same projection, same
+    shuffled split and lam choice under ``ridge: select``, same lam floor), solved in the dual
+    (``fresh_head_logits``): a session has far fewer clips than M, so this costs an N x N
+    eigendecomposition where the classifier would factor its M x M system.
+    """
+    from pace.heads.analytic import RIDGE_GRID, RandomProjection, cheaper_form, fit_rows, fresh_head_logits, select_ridge
 
     if z_val is not None and y_val is not None and len(y_val) > 0:
         pairs = [(torch.arange(len(y)), None)]
     else:
         a, b = _folds(y)
         pairs = [(a, b), (b, a)] if len(a) >= 2 and len(b) >= 1 else []
+    cfg = analytic_cfg
+    proj = RandomProjection(in_dim, cfg.proj_dim or None, cfg.activation, cfg.scale, seed)
+    k = int(y.max()) + 1
     correct = total = 0
     for fit, held in pairs:
         if len(fit) < 2:
             continue
-        clf = AnalyticClassifier(in_dim, analytic_cfg, seed=seed)
-        clf.fit_session(z[fit].float(), y[fit], int(y.max()) + 1, generator)
+        h, yf = proj(z[fit].float()), y[fit]
+        form = cfg.form if cfg.form != "auto" else ("gram" if cfg.ridge == "select" else
+                                                    cheaper_form(proj.out_features, len(yf)))
+        if cfg.ridge == "select":
+            order = torch.randperm(len(yf), generator=generator)  # as fit_session: RanPAC's loader order
+            h, yf = h[order], yf[order]
+            n_fit = fit_rows(len(yf))
+            lam = select_ridge(h[:n_fit], yf[:n_fit], h[n_fit:], yf[n_fit:], RIDGE_GRID, cfg.criterion,
+                               num_classes=k).lam
+        else:
+            lam = cfg.lam
         zt, yt = (z_val, y_val) if held is None else (z[held], y[held])
-        correct += int((clf.logits(zt.float()).argmax(-1).cpu() == yt.cpu()).sum())
+        logits = fresh_head_logits(h, yf, proj(zt.float()), lam, k, floor=form == "gram")
+        correct += int((logits.argmax(-1).cpu() == yt.cpu()).sum())
         total += len(yt)
     return 100.0 * correct / total if total else float("nan")
 
