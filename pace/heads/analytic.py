@@ -137,9 +137,10 @@ class RandomProjection(nn.Module):
 RIDGE_FLOOR_EPS = 1e4
 
 
-def ridge_floor(G: torch.Tensor) -> float:
-    """The smallest lam for which a Cholesky solve of ``G + lam I`` is accurate (see ``AnalyticHead.solve``)."""
-    return RIDGE_FLOOR_EPS * torch.finfo(F64).eps * float(G.diagonal().sum())
+def ridge_floor(G: torch.Tensor | None = None, trace: float | None = None) -> float:
+    """The smallest lam for which a Cholesky solve of ``G + lam I`` is accurate (see ``AnalyticHead.solve``);
+    ``trace``: trace(G) when G is not formed (= ||H||_F^2 for G = H^T H)."""
+    return RIDGE_FLOOR_EPS * torch.finfo(F64).eps * (float(G.diagonal().sum()) if trace is None else trace)
 
 
 def solve_ridge(G: torch.Tensor, C: torch.Tensor, lam: float) -> torch.Tensor:
@@ -512,7 +513,7 @@ def fresh_head_logits(H_fit: torch.Tensor, y_fit: torch.Tensor, H_eval: torch.Te
     H = as_features(H_fit, H_fit.shape[1], H_fit.device, "fit features")
     lam = float(lam)
     if floor:
-        lam = max(lam, RIDGE_FLOOR_EPS * torch.finfo(F64).eps * float(H.square().sum()))
+        lam = max(lam, ridge_floor(trace=float(H.square().sum())))
     Y = one_hot(as_labels(y_fit, H.shape[0], H.device), num_classes)
     X = as_features(H_eval, H.shape[1], H.device, "eval features")
     out = RidgePath(H, Y).predict(X, [lam])[0]

@@ -126,7 +126,8 @@ def head_accuracy(analytic_cfg, in_dim: int, seed: int, generator: torch.Generat
     (``fresh_head_logits``): a session has far fewer clips than M, so this costs an N x N
     eigendecomposition where the classifier would factor its M x M system.
     """
-    from pace.heads.analytic import RIDGE_GRID, RandomProjection, cheaper_form, fit_rows, fresh_head_logits, select_ridge
+    from pace.heads.analytic import RIDGE_GRID, RandomProjection, fit_rows, fresh_head_logits, select_ridge
+    from pace.methods.parts import first_session_form
 
     if z_val is not None and y_val is not None and len(y_val) > 0:
         pairs = [(torch.arange(len(y)), None)]
@@ -141,8 +142,7 @@ def head_accuracy(analytic_cfg, in_dim: int, seed: int, generator: torch.Generat
         if len(fit) < 2:
             continue
         h, yf = proj(z[fit].float()), y[fit]
-        form = cfg.form if cfg.form != "auto" else ("gram" if cfg.ridge == "select" else
-                                                    cheaper_form(proj.out_features, len(yf)))
+        form = first_session_form(cfg, proj.out_features, len(yf))
         if cfg.ridge == "select":
             order = torch.randperm(len(yf), generator=generator)  # as fit_session: RanPAC's loader order
             h, yf = h[order], yf[order]

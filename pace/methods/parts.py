@@ -61,6 +61,14 @@ class AnalyticConfig(Strict):
     form: Literal["gram", "recursive", "auto"] = "gram"
 
 
+def first_session_form(cfg: AnalyticConfig, dim: int, rows: int) -> str:
+    """The head form ``AnalyticClassifier`` solves a first session of ``rows`` clips with (``auto``:
+    Gram when lam is selected per session, else the cheaper exact form for that size)."""
+    if cfg.form != "auto":
+        return cfg.form
+    return "gram" if cfg.ridge == "select" else cheaper_form(dim, rows)
+
+
 # ---------------------------------------------------------------------------------------------
 # LoRA on a backbone
 
@@ -261,9 +269,9 @@ class AnalyticClassifier(nn.Module):
         self.last_lam = cfg.lam
 
     def fit_session(self, z: torch.Tensor, y: torch.Tensor, num_seen: int, generator: torch.Generator) -> None:
-        if self.cfg.form == "auto" and self.cfg.ridge == "fixed" and self.head.num_samples == 0:
-            # Both forms give the same ridge solution; pick the cheaper for sessions of this size.
-            form = cheaper_form(self.head.dim, len(y))
+        if self.head.num_samples == 0:
+            # Both forms give the same ridge solution; auto picks the cheaper for sessions of this size.
+            form = first_session_form(self.cfg, self.head.dim, len(y))
             if form != self.head.form:
                 self.head = AnalyticHead(self.head.dim, form=form, lam=self.cfg.lam, device=self.head.device)
         h = self.proj(z.float())
