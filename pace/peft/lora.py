@@ -127,19 +127,21 @@ class LoRALinear(nn.Module):
         frozen = set(self._frozen_sessions())
         return [-self.scaling(s) if s in frozen else 0.0 for s in range(self.num_sessions)]
 
-    def delta_weight(self) -> torch.Tensor:
-        """sum_s coef_s * B_s A_s in float64 (out x in), for the current mode."""
+    def delta_weight(self, stacks: Sequence[int] | None = None) -> torch.Tensor:
+        """sum_s coef_s * B_s A_s in float64 (out x in), for the current mode, over ``stacks``
+        (default: all)."""
         w = self.base.weight
+        coefs = self._coefficients()
         delta = torch.zeros(self.out_features, self.in_features, dtype=torch.float64, device=w.device)
-        for s, c in enumerate(self._coefficients()):
-            if c != 0.0:
-                delta += c * (self.lora_B[s].detach().double() @ self.lora_A[s].detach().double())
+        for s in range(self.num_sessions) if stacks is None else stacks:
+            if coefs[s] != 0.0:
+                delta += coefs[s] * (self.lora_B[s].detach().double() @ self.lora_A[s].detach().double())
         return delta
 
-    def effective_weight(self) -> torch.Tensor:
-        """The weight this layer applies in the current mode (detached, base dtype)."""
+    def effective_weight(self, stacks: Sequence[int] | None = None) -> torch.Tensor:
+        """W0 plus ``stacks`` (default: all) in the current mode (detached, base dtype)."""
         w = self.base.weight.detach()
-        return (w.double() + self.delta_weight()).to(w.dtype)
+        return (w.double() + self.delta_weight(stacks)).to(w.dtype)
 
     @property
     def merged(self) -> bool:
@@ -173,8 +175,7 @@ class LoRALinear(nn.Module):
             # a normal tensor even when built under inference_mode (evaluation): a later training
             # forward with the same stacks saves it for backward
             with torch.inference_mode(False), torch.no_grad():
-                delta = sum(coefs[s] * (self.lora_B[s].double() @ self.lora_A[s].double()) for s in stacks)
-                self._fold = (key, (w.double() + delta).to(w.dtype))
+                self._fold = (key, self.effective_weight(stacks))
         return self._fold[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
