@@ -9,13 +9,14 @@ fields (Mammoth-style per-method configs) and ``config.py`` never grows a branch
 from __future__ import annotations
 
 import copy
-import difflib
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator,
                       model_validator)
+
+from pace.registry import DATASETS, METHODS, did_you_mean
 
 
 class ConfigError(ValueError):
@@ -67,8 +68,8 @@ class Seeds(Strict):
 
 
 class DataConfig(Strict):
-    dataset: Literal["fsdd", "folder", "manifest", "synthetic", "esc50", "us8k", "speechcommands", "timit",
-                     "vocalset", "nsynth", "sequence", "drumkits"] = "synthetic"
+    #: a registered data set (``pace data list``; pace.data.datasets.dataset registers one)
+    dataset: str = "synthetic"
     #: dataset root (fsdd, folder) or CSV file (manifest); fsdd defaults to $PACE_FSDD_ROOT or ../shared
     root: str | None = None
     #: label to learn. fsdd: digit | speaker | digit_speaker; synthetic: coarse | fine;
@@ -87,6 +88,12 @@ class DataConfig(Strict):
     synthetic_clips_per_class: int = Field(20, ge=2)
     synthetic_seconds: float = Field(1.0, gt=0.1, le=10.0)
     synthetic_seed: int = 1234
+
+    @field_validator("dataset")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        DATASETS.get(v)  # RegistryError: unknown data set, did you mean, the known ones
+        return v
 
 
 class SequencePart(Strict):
@@ -157,22 +164,19 @@ class RuntimeConfig(Strict):
 
 
 class MethodConfig(Strict):
-    """Base of every method's config; subclasses register under their ``name``."""
+    """Base of every method's config; each method's module registers its config with its learner
+    (``pace.methods.base.register_method``), so the method owns its fields."""
 
     name: str
-    _registry: ClassVar[dict[str, type["MethodConfig"]]] = {}
 
-    @classmethod
-    def register(cls, config_cls: type["MethodConfig"]) -> type["MethodConfig"]:
-        name = config_cls.model_fields["name"].default
-        cls._registry[name] = config_cls
-        return config_cls
+    @staticmethod
+    def known() -> list[str]:
+        return METHODS.names()
 
-    @classmethod
-    def known(cls) -> list[str]:
-        import pace.methods  # noqa: F401  (registers the built-in methods)
-
-        return sorted(cls._registry)
+    @staticmethod
+    def config_class(name: str) -> type["MethodConfig"]:
+        """The config class of the method registered as ``name`` (RegistryError names the known ones)."""
+        return METHODS.get(name).config_cls
 
 
 class AnalysisConfig(Strict):
@@ -204,13 +208,7 @@ class RunConfig(Strict):
         if not isinstance(v, dict) or "name" not in v:
             raise ValueError("method must be a mapping with a 'name' (one of: "
                              f"{', '.join(MethodConfig.known())})")
-        known = MethodConfig.known()
-        name = v["name"]
-        if name not in known:
-            close = difflib.get_close_matches(str(name), known, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"unknown method {name!r}{hint} (known: {', '.join(known)})")
-        return MethodConfig._registry[name].model_validate(v)
+        return MethodConfig.config_class(v["name"]).model_validate(v)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -245,11 +243,9 @@ def _format_errors(exc: ValidationError, raw: dict[str, Any], source: str) -> st
             valid = _valid_keys(RunConfig, loc)
             if loc and loc[0] == "method":
                 name = raw.get("method", {}).get("name")
-                mc = MethodConfig._registry.get(name)
-                valid = list(mc.model_fields) if mc else valid
-            close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            lines.append(f"unknown key {dotted!r}{hint}")
+                mc = METHODS.find(name)
+                valid = list(mc.config_cls.model_fields) if mc else valid
+            lines.append(f"unknown key {dotted!r}{did_you_mean(loc[-1], valid)}")
         else:
             lines.append(f"{dotted or '<root>'}: {err['msg']} (got {err.get('input')!r})")
     return f"invalid config {source}:\n  " + "\n  ".join(lines)

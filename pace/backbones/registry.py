@@ -6,9 +6,10 @@ the run's BackboneConfig (checkpoint path, pooling, input length) and returns a 
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
+
+from pace.registry import BACKBONES
 
 if TYPE_CHECKING:
     from pace.backbones.base import Backbone
@@ -28,40 +29,17 @@ class BackboneSpec:
     seedable: bool = True
 
 
-_REGISTRY: dict[str, BackboneSpec] = {}
-
-
 def register(spec: BackboneSpec) -> BackboneSpec:
-    if spec.name in _REGISTRY:
-        raise ValueError(f"backbone {spec.name!r} registered twice")
-    _REGISTRY[spec.name] = spec
-    return spec
-
-
-def _load_builtin() -> None:
-    # Importing a module registers its backbones; keep heavy imports inside the builders.
-    import pace.backbones.logmel  # noqa: F401
-
-    for mod in ("pace.backbones.eat", "pace.backbones.whisper", "pace.backbones.hf"):
-        try:
-            __import__(mod)
-        except ModuleNotFoundError as exc:
-            if exc.name != mod:
-                raise
+    """A backbone module registers each of its builds at import (``pace.registry.BACKBONES``)."""
+    return BACKBONES.add(spec.name, spec)
 
 
 def list_backbones() -> list[BackboneSpec]:
-    _load_builtin()
-    return [_REGISTRY[k] for k in sorted(_REGISTRY)]
+    return [spec for _, spec in BACKBONES.items()]
 
 
 def get_spec(name: str) -> BackboneSpec:
-    _load_builtin()
-    if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown backbone {name!r}{hint} (known: {', '.join(sorted(_REGISTRY))})")
-    return _REGISTRY[name]
+    return BACKBONES.get(name)
 
 
 def build_backbone(cfg: "BackboneConfig", init_seed: int | None = None) -> "Backbone":

@@ -2,7 +2,7 @@
 
 Items carry a stable key (used by caches and split files), a label name, an optional file path and
 an optional official split. Loaders for particular data sets live in their own modules and return
-an AudioDataset; ``build_dataset`` picks one from the run config.
+an AudioDataset and register it with ``dataset``; ``build_dataset`` picks one from the run config.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 
 from pace.data.audio import AudioError, read_audio
+from pace.registry import DATASETS
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".sph", ".aiff", ".aif")
 
@@ -94,6 +95,37 @@ def default_fsdd_root() -> Path:
     return repo.parent / "shared" / "datasets" / "fsdd"
 
 
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What a data set module registers: how to load it from a DataConfig, and what it accepts."""
+
+    name: str
+    load: Callable  # (DataConfig) -> AudioDataset; data.label is already filled with the default
+    summary: str
+    labels: tuple[str, ...] = ()  # data.label values; the first is the default; () = no label choice
+    root: str = "required"  # "required" | "optional" (the loader has a default) | "unused"
+    subsets: bool = False  # takes data.subset
+    parts: bool = False  # takes data.parts (a cross-dataset sequence)
+    presets: tuple = ()  # pace.data.presets.Preset: benchmarks built on this data set
+
+
+def dataset(name: str, *, summary: str, labels: tuple[str, ...] = (), root: str = "required",
+            subsets: bool = False, parts: bool = False, presets: tuple = ()) -> Callable:
+    """Decorator: ``load(cfg) -> AudioDataset`` joins the data-set registry as ``data.dataset: name``.
+
+    One module per data set declares its loader and its benchmark presets this way (docs/data.md);
+    ``pace.registry.DATASETS`` imports every module of ``pace.data`` the first time a name is asked for.
+    """
+    if root not in ("required", "optional", "unused"):
+        raise ValueError(f"data set {name!r}: root must be required, optional or unused, not {root!r}")
+
+    def deco(load: Callable) -> Callable:
+        DATASETS.add(name, DatasetSpec(name, load, summary, tuple(labels), root, subsets, parts, tuple(presets)))
+        return load
+
+    return deco
+
+
 def build_dataset(cfg) -> AudioDataset:
     """Build the data set named by a DataConfig (optionally capped to N clips per class)."""
     ds = _build(cfg)
@@ -110,65 +142,14 @@ def build_dataset(cfg) -> AudioDataset:
 
 
 def _build(cfg) -> AudioDataset:
-    if cfg.parts and cfg.dataset != "sequence":
+    spec: DatasetSpec = DATASETS.get(cfg.dataset)
+    if cfg.parts and not spec.parts:
         raise ValueError(f"data.parts is only used with data.dataset=sequence, not {cfg.dataset!r}")
-    if cfg.subset is not None and cfg.dataset not in ("esc50", "nsynth"):
-        raise ValueError(f"data.subset is only used with esc50 (esc10) and nsynth, not {cfg.dataset!r}")
-    if cfg.dataset == "fsdd":
-        from pace.data.fsdd import load_fsdd
-
-        return load_fsdd(cfg.root or default_fsdd_root(), label=cfg.label or "digit")
-    if cfg.dataset == "folder":
-        from pace.data.folder import load_folder
-
-        return load_folder(_required_root(cfg))
-    if cfg.dataset == "manifest":
-        from pace.data.folder import load_manifest
-
-        return load_manifest(_required_root(cfg))
-    if cfg.dataset == "esc50":
-        from pace.data.esc50 import load_esc50
-
-        return load_esc50(_required_root(cfg), subset=cfg.subset)
-    if cfg.dataset == "us8k":
-        from pace.data.us8k import load_us8k
-
-        return load_us8k(_required_root(cfg))
-    if cfg.dataset == "speechcommands":
-        from pace.data.speechcommands import load_speechcommands
-
-        return load_speechcommands(_required_root(cfg))
-    if cfg.dataset == "timit":
-        from pace.data.timit import load_timit
-
-        return load_timit(_required_root(cfg), label=cfg.label or "speaker")
-    if cfg.dataset == "vocalset":
-        from pace.data.vocalset import load_vocalset
-
-        return load_vocalset(_required_root(cfg), label=cfg.label or "technique")
-    if cfg.dataset == "nsynth":
-        from pace.data.nsynth import load_nsynth
-
-        return load_nsynth(_required_root(cfg), label=cfg.label or "family", subset=cfg.subset)
-    if cfg.dataset == "drumkits":  # Debian hydrogen-drumkits; root defaults to the installed package
-        from pace.data.drumkits import load_drumkits
-
-        return load_drumkits(cfg.root, label=cfg.label or "kit_instrument")
-    if cfg.dataset == "sequence":
-        from pace.data.sequence import load_sequence
-
-        return load_sequence(cfg)
-    if cfg.dataset == "synthetic":
-        from pace.data.synthetic import make_synthetic
-
-        return make_synthetic(num_classes=cfg.synthetic_classes,
-                              clips_per_class=cfg.synthetic_clips_per_class,
-                              seconds=cfg.synthetic_seconds, variant=cfg.label or "coarse",
-                              seed=cfg.synthetic_seed)
-    raise ValueError(f"unknown data.dataset {cfg.dataset!r}")
-
-
-def _required_root(cfg) -> str:
-    if not cfg.root:
+    if cfg.subset is not None and not spec.subsets:
+        with_subsets = [n for n, s in DATASETS.items() if s.subsets]
+        raise ValueError(f"data.subset is only used with {', '.join(with_subsets)}, not {cfg.dataset!r}")
+    if spec.root == "required" and not cfg.root:
         raise ValueError(f"data.root is required for data.dataset={cfg.dataset!r}")
-    return cfg.root
+    if spec.labels and cfg.label is None:
+        cfg = cfg.model_copy(update={"label": spec.labels[0]})
+    return spec.load(cfg)

@@ -20,7 +20,8 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from pace.data.datasets import AudioDataset, Item
+from pace.data.datasets import AudioDataset, Item, dataset
+from pace.data.presets import Preset
 
 DEFAULT_ROOT = Path("/usr/share/hydrogen/data/drumkits")
 LABELS = ("kit_instrument", "instrument")
@@ -76,3 +77,12 @@ def load_drumkits(root: str | Path | None = None, label: str = "kit_instrument",
         raise FileNotFoundError(f"no instrument with >= {min_clips} sample files in the kits under {root}")
     return AudioDataset(f"drumkits-{label}", items,
                         description=f"hydrogen drum kits at {root}, label={label}, >= {min_clips} clips per class")
+
+
+@dataset("drumkits", summary="Hydrogen drum kits (Debian hydrogen-drumkits): recorded velocity layers",
+         labels=LABELS, root="optional", presets=(
+             Preset("drumkits", "Hydrogen drum kits, non-voice fine-grained; kit x instrument, 100 classes of 3-8 "
+                    "recorded velocity layers in 10 sessions of 10", {}, {"num_sessions": 10}, 100,
+                    479 / 100, False, "Debian hydrogen-drumkits (default /usr/share/hydrogen/data/drumkits)"),))
+def _from_config(cfg) -> AudioDataset:  # root defaults to the installed package
+    return load_drumkits(cfg.root, label=cfg.label)

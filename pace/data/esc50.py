@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pace.data.datasets import AudioDataset, Item
+from pace.data.datasets import AudioDataset, Item, dataset
+from pace.data.presets import Preset
 from pace.data.layout import LayoutError, files_in, int_field, read_csv, require_dir
 
 COLUMNS = ("filename", "fold", "target", "category", "esc10", "src_file", "take")
@@ -59,3 +60,16 @@ def load_esc50(root: str | Path, subset: str | None = None) -> AudioDataset:
         raise LayoutError(f"{csv_path}: no rows for subset {subset!r}")
     tag = "esc10" if subset == "esc10" else "esc50"
     return AudioDataset(tag, items, description=f"ESC-50 at {root}" + (" (ESC-10 subset)" if subset else ""))
+
+
+_HINT = "ESC-50 repo: meta/esc50.csv, audio/"
+
+
+@dataset("esc50", summary="ESC-50 environmental sounds: 2,000 clips of 5 s, 50 classes (subset esc10)",
+         subsets=True, presets=(
+             Preset("esc50", "ESC-50 environmental sounds; 50 classes in 10 sessions of 5 (paper)",
+                    {}, {"num_sessions": 10}, 50, 40, True, _HINT),
+             Preset("esc10", "ESC-10 subset of ESC-50; 10 classes in 5 sessions of 2",
+                    {"subset": "esc10"}, {"num_sessions": 5}, 10, 40, True, _HINT)))
+def _from_config(cfg) -> AudioDataset:
+    return load_esc50(cfg.root, subset=cfg.subset)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from pace.data.datasets import AUDIO_EXTENSIONS, AudioDataset, Item
+from pace.data.datasets import AUDIO_EXTENSIONS, AudioDataset, Item, dataset
 
 SPLITS = ("train", "test", "val")
 
@@ -51,3 +51,13 @@ def load_manifest(csv_path: str | Path) -> AudioDataset:
     if not items:
         raise ValueError(f"{csv_path}: no rows")
     return AudioDataset(f"manifest-{csv_path.stem}", items, description=f"manifest {csv_path}", sources=sources)
+
+
+@dataset("folder", summary="your audio: data.root/<class>/**/<clip> (wav, flac, ogg, mp3, ...)")
+def _folder_from_config(cfg) -> AudioDataset:
+    return load_folder(cfg.root)
+
+
+@dataset("manifest", summary="your audio listed in a CSV (data.root): path,label[,split]")
+def _manifest_from_config(cfg) -> AudioDataset:
+    return load_manifest(cfg.root)

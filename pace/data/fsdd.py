@@ -9,7 +9,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pace.data.datasets import AudioDataset, Item
+from pace.data.datasets import AudioDataset, Item, dataset, default_fsdd_root
+from pace.data.presets import Preset
 
 _NAME = re.compile(r"^(\d)_([a-z]+)_(\d+)\.wav$")
 LABELS = ("digit", "speaker", "digit_speaker")
@@ -34,3 +35,16 @@ def load_fsdd(root: str | Path, label: str = "digit") -> AudioDataset:
     if not items:
         raise FileNotFoundError(f"no FSDD recordings ({{digit}}_{{speaker}}_{{i}}.wav) in {rec}")
     return AudioDataset(f"fsdd-{label}", items, description=f"FSDD at {root}, label={label}")
+
+
+_HINT = "FSDD: recordings/*.wav (default $PACE_FSDD_ROOT or ../shared/datasets/fsdd)"
+
+
+@dataset("fsdd", summary="Free Spoken Digit Dataset: 3,000 spoken digits by 6 speakers", labels=LABELS,
+         root="optional", presets=(
+             Preset("fsdd-digits", "FSDD spoken digits; 10 classes in 5 sessions of 2",
+                    {"label": "digit"}, {"num_sessions": 5}, 10, 300, True, _HINT),
+             Preset("fsdd-fine", "FSDD digit x speaker; 60 fine-grained classes in 10 sessions of 6",
+                    {"label": "digit_speaker"}, {"num_sessions": 10}, 60, 50, True, _HINT)))
+def _from_config(cfg) -> AudioDataset:
+    return load_fsdd(cfg.root or default_fsdd_root(), label=cfg.label)

@@ -18,7 +18,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pace.data.datasets import AudioDataset, Item
+from pace.data.datasets import AudioDataset, Item, dataset
+from pace.data.presets import Preset
 from pace.data.layout import LayoutError, files_in
 
 FAMILIES = ("bass", "brass", "flute", "guitar", "keyboard", "mallet", "organ", "reed", "string",
@@ -100,3 +101,23 @@ def load_nsynth(root: str | Path, label: str = "family", subset: str | None = No
         raise LayoutError(f"NSynth at {root}: no notes left after subset {subset!r}")
     name = f"nsynth-{label}" + (f"-{subset}" if subset else "")
     return AudioDataset(name, items, description=f"NSynth layout at {root}, label={label}, subset={subset}")
+
+
+@dataset("nsynth", summary="NSynth notes (or pace data render output): family, instrument or source labels",
+         labels=tuple(LABELS), subsets=True, presets=(
+             Preset("nsynth-family", "NSynth instrument family; 11 classes: 3 then 4 sessions of 2, "
+                    "400 notes per family (hash-chosen, balances the families)",
+                    {"label": "family", "max_per_class": 400},
+                    {"num_sessions": 5, "first_session_classes": 3}, 11, 400, True,
+                    "nsynth-train/ (examples.json + audio/) or a folder of nsynth-* splits"),
+             Preset("nsynth-instrument", "NSynth instruments, non-voice fine-grained; 50 non-vocal "
+                    "instruments in 10 sessions of 5, at most 40 notes each",
+                    {"label": "instrument", "subset": "nonvocal", "max_per_class": 40},
+                    {"num_sessions": 10, "max_classes": 50}, 50, 40, False,
+                    "nsynth-train/ (examples.json + audio/)"),
+             Preset("rendered-instruments", "GM instruments rendered from a soundfont; 20 instruments in 5 "
+                    "sessions of 4, make the root with: pace data render --soundfont fluidr3 --out DIR "
+                    "--instruments 20", {"label": "instrument"}, {"num_sessions": 5}, 20, 32, True,
+                    "output of pace data render (examples.json + audio/)")))
+def _from_config(cfg) -> AudioDataset:
+    return load_nsynth(cfg.root, label=cfg.label, subset=cfg.subset)

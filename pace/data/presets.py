@@ -12,11 +12,12 @@ averages over unequal classes), the real train/test counts per session with one.
 
 from __future__ import annotations
 
-import difflib
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pace.config import DataConfig, ScenarioConfig, Seeds
+from pace.registry import DATASETS, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ class PartRef:
 class Preset:
     name: str
     summary: str
-    data: dict = field(default_factory=dict)  # DataConfig fields (no root)
+    data: dict = field(default_factory=dict)  # DataConfig fields (no root; dataset: the declaring data set)
     scenario: dict = field(default_factory=dict)  # ScenarioConfig fields
     classes: int = 0  # nominal number of classes
     clips_per_class: float | None = None  # nominal clips per class (after max_per_class)
@@ -38,72 +39,40 @@ class Preset:
     parts: tuple[PartRef, ...] = ()  # a cross-dataset sequence
 
 
-PRESETS: dict[str, Preset] = {p.name: p for p in (
-    Preset("esc50", "ESC-50 environmental sounds; 50 classes in 10 sessions of 5 (paper)",
-           {"dataset": "esc50"}, {"num_sessions": 10}, 50, 40, True, "ESC-50 repo: meta/esc50.csv, audio/"),
-    Preset("esc10", "ESC-10 subset of ESC-50; 10 classes in 5 sessions of 2",
-           {"dataset": "esc50", "subset": "esc10"}, {"num_sessions": 5}, 10, 40, True,
-           "ESC-50 repo: meta/esc50.csv, audio/"),
-    Preset("us8k", "UrbanSound8K urban sounds; 10 classes in 5 sessions of 2 (paper)",
-           {"dataset": "us8k"}, {"num_sessions": 5}, 10, 8732 / 10, False,
-           "UrbanSound8K: metadata/UrbanSound8K.csv, audio/fold1..10/"),
-    Preset("sc2", "Speech Commands v2 keywords; 35 words in 7 sessions of 5 (paper)",
-           {"dataset": "speechcommands"}, {"num_sessions": 7}, 35, 105829 / 35, False,
-           "speech_commands_v0.02: one folder per word, validation_list.txt, testing_list.txt"),
-    Preset("timit2", "TIMIT speaker identity; 630 speakers in 315 sessions of 2 (paper)",
-           {"dataset": "timit", "label": "speaker"}, {"num_sessions": 315}, 630, 10, True,
-           "TIMIT: TRAIN/ and TEST/ with DR1..DR8/<speaker>/*.WAV"),
-    Preset("timit3", "TIMIT speaker identity; 630 speakers in 210 sessions of 3 (paper)",
-           {"dataset": "timit", "label": "speaker"}, {"num_sessions": 210}, 630, 10, True,
-           "TIMIT: TRAIN/ and TEST/ with DR1..DR8/<speaker>/*.WAV"),
-    Preset("vocalset", "VocalSet singing techniques; 16 sung techniques (all but 'spoken') in 8 sessions of 2 (paper); "
-           "nominal ~95 clips per class is inferred from the paper's Fig. 9",
-           {"dataset": "vocalset", "label": "technique"}, {"num_sessions": 8}, 16, 95, False,
-           "VocalSet: FULL/<singer>/<context>/<technique>/*.wav"),
-    Preset("nsynth-family", "NSynth instrument family; 11 classes: 3 then 4 sessions of 2, "
-           "400 notes per family (hash-chosen, balances the families)",
-           {"dataset": "nsynth", "label": "family", "max_per_class": 400},
-           {"num_sessions": 5, "first_session_classes": 3}, 11, 400, True,
-           "nsynth-train/ (examples.json + audio/) or a folder of nsynth-* splits"),
-    Preset("nsynth-instrument", "NSynth instruments, non-voice fine-grained; 50 non-vocal "
-           "instruments in 10 sessions of 5, at most 40 notes each",
-           {"dataset": "nsynth", "label": "instrument", "subset": "nonvocal", "max_per_class": 40},
-           {"num_sessions": 10, "max_classes": 50}, 50, 40, False,
-           "nsynth-train/ (examples.json + audio/)"),
-    Preset("drumkits", "Hydrogen drum kits, non-voice fine-grained; kit x instrument, 100 classes of 3-8 "
-           "recorded velocity layers in 10 sessions of 10", {"dataset": "drumkits"}, {"num_sessions": 10}, 100,
-           479 / 100, False, "Debian hydrogen-drumkits (default /usr/share/hydrogen/data/drumkits)"),
-    Preset("fsdd-digits", "FSDD spoken digits; 10 classes in 5 sessions of 2",
-           {"dataset": "fsdd", "label": "digit"}, {"num_sessions": 5}, 10, 300, True,
-           "FSDD: recordings/*.wav (default $PACE_FSDD_ROOT or ../shared/datasets/fsdd)"),
-    Preset("fsdd-fine", "FSDD digit x speaker; 60 fine-grained classes in 10 sessions of 6",
-           {"dataset": "fsdd", "label": "digit_speaker"}, {"num_sessions": 10}, 60, 50, True,
-           "FSDD: recordings/*.wav (default $PACE_FSDD_ROOT or ../shared/datasets/fsdd)"),
-    Preset("rendered-instruments", "GM instruments rendered from a soundfont; 20 instruments in 5 sessions of 4, make "
-           "the root with: pace data render --soundfont fluidr3 --out DIR --instruments 20",
-           {"dataset": "nsynth", "label": "instrument"}, {"num_sessions": 5}, 20, 32, True,
-           "output of pace data render (examples.json + audio/)"),
-    Preset("cross-soundfont", "cross-soundfont instruments; the same 20 instruments from FluidR3 "
-           "(sessions 1-5) then TimGM6mb (6-10), labels prefixed by soundfont, so 40 classes",
-           parts=(PartRef("fluidr3", "rendered-instruments"), PartRef("timgm6mb", "rendered-instruments")),
-           root_hint="fluidr3/ and timgm6mb/, each from pace data render --instruments 20"),
-    Preset("esc50-us8k-sc2", "cross-dataset ESC-50, US8K, SC2; ESC-50 (10 sessions), then US8K (5), "
-           "then SC2 (7), 95 classes",
-           parts=(PartRef("esc50", "esc50"), PartRef("us8k", "us8k"), PartRef("sc2", "sc2")),
-           root_hint="esc50/, us8k/ and sc2/ sub-folders in each data set's own layout"),
-)}
+class _Presets(Mapping):
+    """Every registered data set's presets, by name, in the registry's order (read on first use).
+
+    A data set module declares its benchmarks beside its loader (``pace.data.datasets.dataset``);
+    the preset's data fields leave out ``dataset``, which is the declaring data set's name.
+    """
+
+    def _table(self) -> dict[str, Preset]:
+        table: dict[str, Preset] = {}
+        for name, spec in DATASETS.items():
+            for p in spec.presets:
+                if p.name in table:
+                    raise ValueError(f"preset {p.name!r} is declared by data sets "
+                                     f"{table[p.name].data['dataset']!r} and {name!r}")
+                table[p.name] = replace(p, data={"dataset": name, **p.data})
+        return table
+
+    def __getitem__(self, name: str) -> Preset:
+        return self._table()[name]
+
+    def __iter__(self):
+        return iter(self._table())
+
+    def __len__(self) -> int:
+        return len(self._table())
+
+
+PRESETS: Mapping[str, Preset] = _Presets()
 
 
 def get_preset(name: str) -> Preset:
     if name not in PRESETS:
-        close = difflib.get_close_matches(name, list(PRESETS), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown preset {name!r}{hint} (known: {', '.join(PRESETS)})")
+        raise ValueError(f"unknown preset {name!r}{did_you_mean(name, PRESETS)} (known: {', '.join(PRESETS)})")
     return PRESETS[name]
-
-
-def _part_sessions(ref: PartRef) -> int:
-    return get_preset(ref.preset).scenario["num_sessions"]
 
 
 def preset_fields(name: str, root: str | Path | None = None) -> tuple[dict, dict]:

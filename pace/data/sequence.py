@@ -21,7 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pace.data.datasets import AudioDataset, Item
+from pace.data.datasets import AudioDataset, Item, dataset
+from pace.data.presets import PartRef, Preset
 
 
 @dataclass(frozen=True)
@@ -72,3 +73,16 @@ def load_sequence(cfg) -> AudioDataset:
     total = sum(pc.num_sessions for pc in cfg.parts)
     return AudioDataset("seq-" + "+".join(names), items, waveform,
                         description=f"sequence of {', '.join(names)} ({total} sessions)")
+
+
+# registered after load_sequence is defined; data.root is unused: each part names its own
+dataset("sequence", summary="several data sets one after another (data.parts), label spaces kept apart",
+        root="unused", parts=True, presets=(
+            Preset("cross-soundfont", "cross-soundfont instruments; the same 20 instruments from FluidR3 "
+                   "(sessions 1-5) then TimGM6mb (6-10), labels prefixed by soundfont, so 40 classes",
+                   parts=(PartRef("fluidr3", "rendered-instruments"), PartRef("timgm6mb", "rendered-instruments")),
+                   root_hint="fluidr3/ and timgm6mb/, each from pace data render --instruments 20"),
+            Preset("esc50-us8k-sc2", "cross-dataset ESC-50, US8K, SC2; ESC-50 (10 sessions), then US8K (5), "
+                   "then SC2 (7), 95 classes",
+                   parts=(PartRef("esc50", "esc50"), PartRef("us8k", "us8k"), PartRef("sc2", "sc2")),
+                   root_hint="esc50/, us8k/ and sc2/ sub-folders in each data set's own layout")))(load_sequence)

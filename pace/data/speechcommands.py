@@ -16,7 +16,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pace.data.datasets import AudioDataset, Item
+from pace.data.datasets import AudioDataset, Item, dataset
+from pace.data.presets import Preset
 from pace.data.layout import LayoutError, require_dir
 
 WORDS = ("backward", "bed", "bird", "cat", "dog", "down", "eight", "five", "follow", "forward", "four",
@@ -59,3 +60,11 @@ def load_speechcommands(root: str | Path) -> AudioDataset:
     items = [Item(key=rel, label=rel.split("/", 1)[0], path=path, split=split.get(rel, "train"))
              for rel, path in clips.items()]
     return AudioDataset("sc2", items, description=f"Speech Commands v2 at {root}")
+
+
+@dataset("speechcommands", summary="Speech Commands v2: 1 s keywords, 35 words", presets=(
+    Preset("sc2", "Speech Commands v2 keywords; 35 words in 7 sessions of 5 (paper)",
+           {}, {"num_sessions": 7}, 35, 105829 / 35, False,
+           "speech_commands_v0.02: one folder per word, validation_list.txt, testing_list.txt"),))
+def _from_config(cfg) -> AudioDataset:
+    return load_speechcommands(cfg.root)

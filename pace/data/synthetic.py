@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pace.data.datasets import AudioDataset, Item
+from pace.data.datasets import AudioDataset, Item, dataset
 
 SR = 16_000
 #: bump when the generator changes: it is part of the data set name, hence of every cache key
@@ -91,3 +91,10 @@ def make_synthetic(num_classes: int = 10, clips_per_class: int = 20, seconds: fl
 
     return AudioDataset(f"synthetic-v{VERSION}-{variant}-{num_classes}x{clips_per_class}-{seconds:g}s-s{seed}", items,
                         loader=load, description=f"procedural {variant} audio, seed {seed}")
+
+
+@dataset("synthetic", summary="procedural audio generated from a seed (no files): tones, noise, chirps, clicks",
+         labels=("coarse", "fine"), root="unused")
+def _from_config(cfg) -> AudioDataset:
+    return make_synthetic(num_classes=cfg.synthetic_classes, clips_per_class=cfg.synthetic_clips_per_class,
+                          seconds=cfg.synthetic_seconds, variant=cfg.label, seed=cfg.synthetic_seed)

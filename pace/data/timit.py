@@ -17,7 +17,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pace.data.datasets import AudioDataset, Item
+from pace.data.datasets import AudioDataset, Item, dataset
+from pace.data.presets import Preset
 from pace.data.layout import LayoutError, child, require_dir
 
 LABELS = ("speaker", "dialect")
@@ -65,3 +66,15 @@ def load_timit(root: str | Path, label: str = "speaker") -> AudioDataset:
     if not items:
         raise FileNotFoundError(f"no TIMIT utterances under {base}")
     return AudioDataset(f"timit-{label}", items, description=f"TIMIT at {root}, label={label}")
+
+
+_HINT = "TIMIT: TRAIN/ and TEST/ with DR1..DR8/<speaker>/*.WAV"
+
+
+@dataset("timit", summary="TIMIT read speech: 630 speakers, 10 sentences each", labels=LABELS, presets=(
+    Preset("timit2", "TIMIT speaker identity; 630 speakers in 315 sessions of 2 (paper)",
+           {"label": "speaker"}, {"num_sessions": 315}, 630, 10, True, _HINT),
+    Preset("timit3", "TIMIT speaker identity; 630 speakers in 210 sessions of 3 (paper)",
+           {"label": "speaker"}, {"num_sessions": 210}, 630, 10, True, _HINT)))
+def _from_config(cfg) -> AudioDataset:
+    return load_timit(cfg.root, label=cfg.label)

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pace.data.datasets import AudioDataset, Item
+from pace.data.datasets import AudioDataset, Item, dataset
+from pace.data.presets import Preset
 from pace.data.layout import LayoutError, files_in, int_field, read_csv, require_dir
 
 COLUMNS = ("slice_file_name", "fsID", "start", "end", "salience", "fold", "classID", "class")
@@ -48,3 +49,11 @@ def load_us8k(root: str | Path) -> AudioDataset:
             raise FileNotFoundError(f"{csv_path}:{lineno}: audio file {folder / name} is missing")
         items.append(Item(key=f"fold{fold}/{name}", label=label, path=folder / name))
     return AudioDataset("us8k", items, description=f"UrbanSound8K at {root}")
+
+
+@dataset("us8k", summary="UrbanSound8K: 8,732 urban sound clips, 10 classes, 10 folds", presets=(
+    Preset("us8k", "UrbanSound8K urban sounds; 10 classes in 5 sessions of 2 (paper)",
+           {}, {"num_sessions": 5}, 10, 8732 / 10, False,
+           "UrbanSound8K: metadata/UrbanSound8K.csv, audio/fold1..10/"),))
+def _from_config(cfg) -> AudioDataset:
+    return load_us8k(cfg.root)

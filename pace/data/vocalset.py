@@ -22,7 +22,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pace.data.datasets import AudioDataset, Item
+from pace.data.datasets import AudioDataset, Item, dataset
+from pace.data.presets import Preset
 from pace.data.layout import LayoutError, child, require_dir, visible_dirs
 
 TECHNIQUES_ALL = ("belt", "breathy", "fast_forte", "fast_piano", "forte", "inhaled", "lip_trill", "messa",
@@ -85,3 +86,12 @@ def load_vocalset(root: str | Path, label: str = "technique") -> AudioDataset:
     if not items:
         raise FileNotFoundError(f"no VocalSet .wav files under {full}")
     return AudioDataset(f"vocalset-{label}", items, description=f"VocalSet at {root}, label={label}")
+
+
+@dataset("vocalset", summary="VocalSet singing: 20 singers, 17 techniques", labels=LABELS, presets=(
+    Preset("vocalset", "VocalSet singing techniques; 16 sung techniques (all but 'spoken') in 8 sessions of 2 "
+           "(paper); nominal ~95 clips per class is inferred from the paper's Fig. 9",
+           {"label": "technique"}, {"num_sessions": 8}, 16, 95, False,
+           "VocalSet: FULL/<singer>/<context>/<technique>/*.wav"),))
+def _from_config(cfg) -> AudioDataset:
+    return load_vocalset(cfg.root, label=cfg.label)

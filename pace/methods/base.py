@@ -1,4 +1,4 @@
-"""The learner contract (design.md) and what the runner hands a learner.
+"""The learner contract (docs/design.md) and what the runner hands a learner.
 
 A learner adapts whatever its method adapts in ``learn(session)`` and predicts logits over every
 class seen so far. It never evaluates, logs or seeds itself: the runner owns the session loop,
@@ -17,6 +17,7 @@ import torch
 
 from pace.backbones.base import Backbone
 from pace.config import MethodConfig, Seeds
+from pace.registry import METHODS
 from pace.store import LazyRows
 
 
@@ -108,20 +109,16 @@ class Learner(ABC):
         self.num_seen = int(state["num_seen"])
 
 
-_METHODS: dict[str, type[Learner]] = {}
-
-
 def register_method(config_cls: type[MethodConfig]) -> Callable[[type[Learner]], type[Learner]]:
+    """Class decorator: the learner joins the method registry under its config's ``name``."""
+
     def deco(learner_cls: type[Learner]) -> type[Learner]:
-        MethodConfig.register(config_cls)
         learner_cls.config_cls = config_cls
-        _METHODS[config_cls.model_fields["name"].default] = learner_cls
+        METHODS.add(config_cls.model_fields["name"].default, learner_cls)
         return learner_cls
 
     return deco
 
 
 def build_learner(cfg: MethodConfig, backbone: Backbone, ctx: Context) -> Learner:
-    import pace.methods  # noqa: F401
-
-    return _METHODS[cfg.name](cfg, backbone, ctx)
+    return METHODS.get(cfg.name)(cfg, backbone, ctx)
