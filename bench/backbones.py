@@ -18,7 +18,7 @@ For each backbone, on random 16 kHz audio of ``--seconds``:
   2048 x 2048 float32 matmul, timed right after that backbone so that both see the same machine load)
   and the fraction of it reached.
 
-Then, per backbone, ``pace.embed.embed(..., keys=...)`` on a cold FeatureCache in a temp dir (miss:
+Then, per backbone, ``pace.embed.embed(..., keys=...)`` on a cold TensorCache in a temp dir (miss:
 forward + save) vs the same call again (hit: backbone identity digest + load), with the time spent in
 ``backbone.identity()`` (the sha256 over the weights that every cached embed call pays) shown apart.
 
@@ -49,7 +49,7 @@ from torch.overrides import TorchFunctionMode
 
 from pace.backbones.base import Backbone
 from pace.backbones.registry import build_backbone, get_spec
-from pace.cache import FeatureCache
+from pace.cache import TensorCache
 from pace.config import BackboneConfig
 from pace.embed import autocast, embed
 from pace.methods.base import Context
@@ -277,7 +277,7 @@ def measure_cache(row: Row, bb: Backbone, x: torch.Tensor, ctx: Context, repeats
         fresh = iter(range(1_000_000))
 
         def miss() -> None:
-            ctx.cache = FeatureCache(Path(tmp) / f"cold{next(fresh)}")  # a new, empty cache every call
+            ctx.cache = TensorCache(Path(tmp) / f"cold{next(fresh)}")  # a new, empty cache every call
             last["miss"] = embed(bb, x, ctx, keys=keys)
             assert (ctx.cache.misses, ctx.cache.hits) == (1, 0), "expected a cache miss"
 
@@ -335,7 +335,7 @@ def print_report(rows: list[Row], args, device: torch.device) -> None:
               f"| {_rel(r.closed_form, f.total)} | {_g(r.aten)} | {_rel(r.aten, f.total)} "
               f"| {_rel(r.aten, f.linear + f.conv)} |")
 
-    print("\n## Embedding cache (pace.embed.embed with keys, FeatureCache in a temp dir)\n")
+    print("\n## Embedding cache (pace.embed.embed with keys, TensorCache in a temp dir)\n")
     print("| backbone | clips | miss s (forward + save) | hit s (identity + load) | miss/hit "
           "| identity() s (weights sha256) |")
     print("|---|--:|--:|--:|--:|--:|")

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from pace.backbones.base import Backbone
+from pace.modes import evaluating
 
 
 def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -39,18 +40,14 @@ def _centre(x: torch.Tensor) -> torch.Tensor:
 def block_features(backbone: Backbone, x: torch.Tensor, batch_size: int = 64) -> list[torch.Tensor]:
     """Per block, the pooled hidden states ``backbone.pool(h)`` of all of ``x``: list of (N, D) float64."""
     device = next(backbone.parameters()).device
-    was_training = backbone.training
-    backbone.eval()
     per_block: list[list[torch.Tensor]] = []
-    try:
+    with evaluating(backbone):
         for i in range(0, x.shape[0], batch_size):
             hidden = backbone(x[i : i + batch_size].to(device), output_hidden_states=True).hidden_states
             if not per_block:
                 per_block = [[] for _ in hidden]
             for store, h in zip(per_block, hidden, strict=True):
                 store.append(backbone.pool(h).to("cpu", torch.float64))
-    finally:
-        backbone.train(was_training)
     return [torch.cat(chunks) for chunks in per_block]
 
 

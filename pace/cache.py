@@ -1,4 +1,4 @@
-"""Content-addressed cache for stage outputs (frontend features, embeddings).
+"""Content-addressed cache of tensors: frontend features of the old format, embeddings, stage outcomes.
 
 An entry is a safetensors file named by the sha256 of its key (a string describing every input that
 decides the output). It is written to a temporary file and renamed into place, so a reader never sees
@@ -55,7 +55,7 @@ def _checksum(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-class FeatureCache:
+class TensorCache:
     def __init__(self, root: str | Path | None = None):
         self.root = Path(root) if root else default_cache_dir()
         self.hits = 0

@@ -13,6 +13,7 @@ import torch
 
 from pace.backbones.base import Backbone
 from pace.cache import tensor_digest
+from pace.modes import evaluating
 from pace.reporting import ProgressLine
 
 
@@ -23,12 +24,10 @@ def autocast(ctx) -> contextlib.AbstractContextManager:
 
 
 def _forward_all(backbone: Backbone, x: torch.Tensor, ctx) -> torch.Tensor:
-    was_training = backbone.training
-    backbone.eval()
     out = []
     # a line every 30 s and a closing one when the pass took 5 s or more (evaluation passes are short)
     progress = ProgressLine("embedding", len(x), min_s=5.0) if ctx.progress else None
-    with torch.inference_mode(), autocast(ctx):
+    with evaluating(backbone), torch.inference_mode(), autocast(ctx):
         for s in range(0, len(x), ctx.eval_batch_size):
             xb = x[s:s + ctx.eval_batch_size].to(ctx.device, non_blocking=True)
             out.append(backbone(xb).pooled.float().cpu())
@@ -36,7 +35,6 @@ def _forward_all(backbone: Backbone, x: torch.Tensor, ctx) -> torch.Tensor:
                 progress.update(len(xb))
     if progress is not None:
         progress.done()
-    backbone.train(was_training)
     ctx.count("forward_samples", len(x))
     return torch.cat(out) if out else torch.empty(0, backbone.embed_dim)
 

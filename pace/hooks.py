@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 import torch
 
+from pace.modes import evaluating
 from pace.analysis import block_features, linear_cka, representation_drift
 
 if TYPE_CHECKING:
@@ -88,14 +89,10 @@ def pooled_features(backbone, x: torch.Tensor, device: torch.device, batch_size:
 
     No autocast and no cache: measurements should not depend on bf16 rounding or on cache state.
     """
-    was_training = backbone.training
-    backbone.eval()
     out = []
-    try:
+    with evaluating(backbone):
         for s in range(0, len(x), batch_size):
             out.append(backbone(x[s:s + batch_size].to(device)).pooled.to("cpu", torch.float64))
-    finally:
-        backbone.train(was_training)
     return torch.cat(out) if out else torch.empty(0, backbone.embed_dim, dtype=torch.float64)
 
 

@@ -3,7 +3,7 @@
 For t = 1..T: ``learner.learn(session t)`` -> evaluate on the test split of every seen session (one
 shared head, no task id) -> accuracy-matrix row -> reporters. After each session the learner state,
 RNG state and results so far are checkpointed atomically (after every session, or as
-``runtime.checkpoint_every`` says when the state is large: pace/checkpointing.py); a run restarted on
+``runtime.checkpoint_every`` says when the state is large: pace/checkpoint_clock.py); a run restarted on
 the same output folder resumes after its last checkpointed session and gives the same result as an
 uninterrupted run. What the
 folder guarantees (one config, one data set, verified checkpoints) is pace/runfolder.py's job.
@@ -25,13 +25,14 @@ import yaml
 
 from pace import metrics
 from pace.backbones.registry import build_backbone
-from pace.cache import FeatureCache
-from pace.checkpointing import CheckpointClock
+from pace.cache import TensorCache
+from pace.checkpoint_clock import CheckpointClock
 from pace.config import RunConfig
 from pace.data.datasets import build_dataset
 from pace.data.features import FeatureTable, extract_features
 from pace.data.scenario import Scenario, build_scenario
 from pace.methods.base import Context, Learner, Session, Split, build_learner
+from pace.modes import evaluating
 from pace.methods.diagnostics import diagnostic_metrics, inert_flags, json_safe
 from pace.provenance import provenance
 from pace.runfolder import (CHECKPOINT, RunFolder, data_identity, json_bytes,  # noqa: F401
@@ -99,7 +100,7 @@ class Runner:
         self.device = resolve_device(cfg.runtime.device)
         if cfg.runtime.num_threads:
             torch.set_num_threads(cfg.runtime.num_threads)
-        self.cache = FeatureCache(cfg.runtime.cache_dir) if cfg.runtime.use_cache else None
+        self.cache = TensorCache(cfg.runtime.cache_dir) if cfg.runtime.use_cache else None
         self.ctx = Context(device=self.device, batch_size=cfg.runtime.batch_size,
                            eval_batch_size=cfg.runtime.eval_batch_size, seeds=cfg.seeds,
                            cache=self.cache, progress=cfg.runtime.progress, bf16=cfg.runtime.bf16,
@@ -184,14 +185,11 @@ class Runner:
     def evaluate(self, t: int) -> list[float]:
         """Accuracy (%) on the test set of every session 0..t."""
         row = []
-        was_training = self.backbone.training
-        self.backbone.eval()
-        with torch.inference_mode():
+        with evaluating(self.backbone), torch.inference_mode():
             for i in range(t + 1):
                 test = self.test_split(i)
                 correct = (self.learner.predict_split(test).argmax(-1).cpu() == test.y).sum().item()
                 row.append(100.0 * correct / len(test))
-        self.backbone.train(was_training)
         return row
 
     def test_sizes(self) -> list[int]:

@@ -4,7 +4,7 @@ older checkpoint (sessions recomputed) gives the uninterrupted run's results."""
 import pytest
 import torch
 
-from pace.checkpointing import CHECKPOINT_BUDGET, SMALL_CHECKPOINT_BYTES, CheckpointClock, checkpoint_due
+from pace.checkpoint_clock import CHECKPOINT_BUDGET, SMALL_CHECKPOINT_BYTES, CheckpointClock, checkpoint_due
 from pace.config import ConfigError, validate_config
 from pace.runner import Runner
 from reporters import InterruptAfter

@@ -6,7 +6,7 @@ import soundfile as sf
 import torch
 import torchaudio.compliance.kaldi as kaldi
 
-from pace.cache import FeatureCache
+from pace.cache import TensorCache
 from pace.config import DataConfig, ScenarioConfig, Seeds
 from pace.data.audio import AudioError, read_audio
 from pace.data.datasets import build_dataset
@@ -144,7 +144,7 @@ def test_features_skip_bad_lists_them(tmp_path):
     fe = FbankFrontend(target_frames=64)
     with pytest.raises(AudioError, match="broken.wav"):
         extract_features(ds, fe, progress=False)
-    cache = FeatureCache(tmp_path / "cache")
+    cache = TensorCache(tmp_path / "cache")
     tab = extract_features(ds, fe, cache, skip_bad=True, progress=False)
     assert len(tab.items) == 6 and tab.bad == [("a/broken.wav", "empty file (0 bytes)")]
     again = extract_features(ds, fe, cache, skip_bad=True, progress=False)  # from the cache
@@ -152,7 +152,7 @@ def test_features_skip_bad_lists_them(tmp_path):
 
 
 def test_cache_detects_corruption(tmp_path):
-    cache = FeatureCache(tmp_path)
+    cache = TensorCache(tmp_path)
     cache.save("k", {"z": torch.arange(10.0)})
     path = cache.path("k")
     raw = bytearray(path.read_bytes())

@@ -12,7 +12,7 @@ import pytest
 import torch
 from pydantic import BaseModel
 
-from pace.cache import FeatureCache
+from pace.cache import TensorCache
 from pace.config import validate_config
 from pace.methods.pace import FSA_DOWNSTREAM, PACEConfig
 from pace.methods.ranpac import RanPACConfig
@@ -222,7 +222,7 @@ def test_an_entry_that_does_not_rebuild_the_backbone_is_refused(tmp_path):
     cache = tmp_path / "cache"
     first, _ = _run(tmp_path / "a", TINY_RANPAC, cache)
     # rewrite the stored FSA outcome with other LoRA weights under the same key (a valid checksum)
-    store = FeatureCache(cache)
+    store = TensorCache(cache)
     runner = Runner(_cfg(TINY_RANPAC, cache), tmp_path / "b")
     runner.prepare()
     torch.manual_seed(runner.ctx.generator("torch-global").initial_seed())  # as the run starts

@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from pace.backbones.logmel import MaskedFbankFrontend
-from pace.cache import FeatureCache
+from pace.cache import TensorCache
 from pace.config import validate_config
-from pace.data.features import _legacy_key, extract_features
+from pace.data.features import features_identity, extract_features
 from pace.data.frontend import FbankFrontend, WaveformFrontend
 from pace.data.synthetic import make_synthetic
 from pace.lock import file_lock, is_stale
@@ -39,7 +39,7 @@ def _dataset():
 def test_store_rows_are_byte_identical_to_the_frontend(tmp_path, frontend):
     ds = _dataset()
     ref = extract_features(ds, frontend, None, progress=False)  # in memory, no store
-    cache = FeatureCache(tmp_path)
+    cache = TensorCache(tmp_path)
     tab = extract_features(ds, frontend, cache, progress=False)
     assert isinstance(tab.x, LazyRows) and cache.misses == 1
     assert torch.equal(tab.x[:], ref.x)
@@ -60,7 +60,7 @@ def test_store_rows_are_byte_identical_to_the_frontend(tmp_path, frontend):
 def test_float16_store_rounds_frames_but_keeps_padding_exact(tmp_path):
     ds, fe = _dataset(), FbankFrontend(target_frames=96)
     ref = extract_features(ds, fe, None, progress=False).x
-    half = extract_features(ds, fe, FeatureCache(tmp_path), progress=False, dtype="float16").x[:]
+    half = extract_features(ds, fe, TensorCache(tmp_path), progress=False, dtype="float16").x[:]
     is_pad = (ref == fe.pad_row()).all(dim=-1, keepdim=True)
     assert is_pad[:, 80:].all() and not is_pad[:, :50].any()
     assert torch.equal(half, torch.where(is_pad, ref, ref.half().float()))  # real frames rounded, padding exact
@@ -69,7 +69,7 @@ def test_float16_store_rounds_frames_but_keeps_padding_exact(tmp_path):
 def test_lazy_rows_behave_like_the_split_tensor(tmp_path):
     ds, fe = _dataset(), FbankFrontend(target_frames=96)
     ref = extract_features(ds, fe, None, progress=False).x
-    view = extract_features(ds, fe, FeatureCache(tmp_path), progress=False).x.take([1, 4, 6])
+    view = extract_features(ds, fe, TensorCache(tmp_path), progress=False).x.take([1, 4, 6])
     sub = ref[[1, 4, 6]]
     assert isinstance(view, torch.Tensor) and len(view) == 3 and view.shape == sub.shape
     assert torch.equal(torch.cat([view, view]), torch.cat([sub, sub]))  # torch functions load the rows
@@ -84,9 +84,9 @@ def test_lazy_rows_behave_like_the_split_tensor(tmp_path):
 def test_old_cache_entry_is_converted_without_recomputing(tmp_path, monkeypatch):
     ds, fe = _dataset(), FbankFrontend(target_frames=96)
     ref = extract_features(ds, fe, None, progress=False).x
-    cache = FeatureCache(tmp_path)
+    cache = TensorCache(tmp_path)
     # what the pre-store code wrote: the whole padded table in one safetensors entry
-    cache.save(_legacy_key(ds, fe, False), {"x": ref, "kept": torch.arange(len(ref))}, {"bad": "[]"})
+    cache.save(features_identity(ds, fe, False), {"x": ref, "kept": torch.arange(len(ref))}, {"bad": "[]"})
     monkeypatch.setattr(fe.__class__, "__call__", lambda *a: pytest.fail("recomputed"))
     tab = extract_features(ds, fe, cache, progress=False)
     assert torch.equal(tab.x[:], ref)
@@ -94,7 +94,7 @@ def test_old_cache_entry_is_converted_without_recomputing(tmp_path, monkeypatch)
 
 def test_unreadable_store_entry_is_rejected_with_a_clear_message(tmp_path):
     ds, fe = _dataset(), FbankFrontend(target_frames=96)
-    cache = FeatureCache(tmp_path)
+    cache = TensorCache(tmp_path)
     entry = extract_features(ds, fe, cache, progress=False).x._store
     data = entry.path
     data.write_bytes(data.read_bytes()[:-8])  # truncated
@@ -167,8 +167,8 @@ WORKER = textwrap.dedent("""
 
         print(FeatureStore(root / "cache").get_or_create("k", create).rows(range(5)).sum().item())
     else:
-        from pace.cache import FeatureCache
-        out = FeatureCache(root / "cache").get_or_compute("k", lambda: count() or {"z": torch.arange(5.0)})
+        from pace.cache import TensorCache
+        out = TensorCache(root / "cache").get_or_compute("k", lambda: count() or {"z": torch.arange(5.0)})
         print(out["z"].sum().item() * 12)
 """)
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pace.cache import FeatureCache, write_error
+from pace.cache import TensorCache, write_error
 from pace.data.audio import AudioError, samples_used_by
 from pace.data.datasets import AudioDataset, Item
 from pace.store import FeatureStore, LazyRows, StoredFeatures
@@ -50,12 +50,13 @@ def _rows(dataset: AudioDataset, frontend, skip_bad: bool, bad: list[tuple[str, 
         raise AudioError(dataset.name, "no readable clips")
 
 
-def _legacy_key(dataset: AudioDataset, frontend, skip_bad: bool) -> str:
-    """The key of a pre-store cache entry (one safetensors file holding the whole padded table)."""
+def features_identity(dataset: AudioDataset, frontend, skip_bad: bool) -> str:
+    """What decides a data set's frontend features. The store key adds the storage dtype; cache entries
+    of the format before the store (one safetensors table) were saved under exactly this key."""
     return f"features|{dataset.name}|{dataset.fingerprint()}|{frontend.key()}|skip_bad={skip_bad}"
 
 
-def _from_legacy(cache: FeatureCache, key: str) -> tuple[Iterator[tuple[int, torch.Tensor]], list] | None:
+def _from_legacy(cache: TensorCache, key: str) -> tuple[Iterator[tuple[int, torch.Tensor]], list] | None:
     """Rows of an old cache entry, streamed slice by slice (never loaded whole), or None."""
     path = cache.path(key)
     if not path.is_file():
@@ -74,10 +75,10 @@ def _from_legacy(cache: FeatureCache, key: str) -> tuple[Iterator[tuple[int, tor
 
 def store_key(dataset: AudioDataset, frontend, skip_bad: bool = False, dtype: str = "float32") -> str:
     """The feature store key: everything that decides the stored rows."""
-    return f"{_legacy_key(dataset, frontend, skip_bad)}|store|dtype={dtype}"
+    return f"{features_identity(dataset, frontend, skip_bad)}|store|dtype={dtype}"
 
 
-def extract_features(dataset: AudioDataset, frontend, cache: FeatureCache | None = None,
+def extract_features(dataset: AudioDataset, frontend, cache: TensorCache | None = None,
                      skip_bad: bool = False, progress: bool = True, dtype: str = "float32") -> FeatureTable:
     if cache is None:
         if dtype != "float32":
@@ -90,7 +91,7 @@ def extract_features(dataset: AudioDataset, frontend, cache: FeatureCache | None
         return FeatureTable(x=torch.stack(rows), items=[dataset.items[i] for i in kept], bad=bad)
 
     store = FeatureStore(cache.root)
-    legacy = _legacy_key(dataset, frontend, skip_bad)
+    legacy = features_identity(dataset, frontend, skip_bad)
     key = store_key(dataset, frontend, skip_bad, dtype)
     pad_row = frontend.pad_row() if hasattr(frontend, "pad_row") else None
     shape = tuple(frontend.shape)

@@ -53,7 +53,7 @@ class Context:
     batch_size: int = 24
     eval_batch_size: int = 64
     seeds: Seeds = field(default_factory=Seeds)
-    cache: Any = None  # pace.cache.FeatureCache or None
+    cache: Any = None  # pace.cache.TensorCache or None
     progress: bool = False
     bf16: bool = True
     #: load a stage's stored outcome when a trial with the same inputs computed it (needs ``cache``)

@@ -7,7 +7,6 @@ every method that has it.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Callable, Literal
 
 import torch
@@ -21,6 +20,7 @@ from pace.heads.analytic import RIDGE_GRID, AnalyticHead, RandomProjection, chea
 from pace.heads.linear import CosineHead, LinearHead
 from pace.methods.base import Split
 from pace.methods.stages import run_stage
+from pace.modes import evaluating  # noqa: F401  (the methods import it from here with the other parts)
 from pace.peft.lora import LoRAManager
 from pace.reporting import ProgressLine
 
@@ -236,18 +236,6 @@ def train(backbone, head: nn.Module, split: Split, ctx, cfg: TrainConfig, *,
     head.eval()
     ctx.count("backward_samples", seen)
     return seen
-
-
-@contextlib.contextmanager
-def evaluating(*modules: nn.Module):
-    states = [m.training for m in modules]
-    for m in modules:
-        m.eval()
-    try:
-        yield
-    finally:
-        for m, s in zip(modules, states):
-            m.train(s)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -46,6 +46,8 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from pace.modes import evaluating
+
 from pace.peft.lora import LoRAManager
 
 Energy = Literal["eig", "sv2"]
@@ -94,16 +96,13 @@ def collect_input_covariances(
     """
     accs = {name: CovarianceAccumulator() for name in manager.modules}
     handles = [m.watch_inputs(accs[name].update) for name, m in manager.modules.items()]
-    was_training = manager.model.training
-    manager.model.eval()
     try:
-        with manager.subtracted() if subtracted else nullcontext():
+        with evaluating(manager.model), manager.subtracted() if subtracted else nullcontext():
             for xb in _batches(data, batch_size):
                 forward(xb.to(device) if device is not None else xb)
     finally:
         for h in handles:
             h.remove()
-        manager.model.train(was_training)
     return {name: acc.value() for name, acc in accs.items()}
 
 

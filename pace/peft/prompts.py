@@ -293,10 +293,6 @@ def prototype_contrastive(feats: torch.Tensor, prototypes: torch.Tensor | None,
     return F.cross_entropy(sim, torch.arange(len(m), device=m.device))
 
 
-def num_params(params) -> int:
-    return sum(int(p.numel()) for p in params)
-
-
 __all__ = [
     "AttentionSite", "Prompts", "class_gaussians", "gaussian_roots", "prototype_contrastive", "cosine_matrix", "gram_schmidt", "hf_attention_site", "kmeans",
     "masked_logits", "ortho_penalty", "prefix_attention", "prompt_hooks", "prompt_param", "sample_gaussians",
