@@ -14,8 +14,8 @@ frozen audio transformer.
   field). Classifier: linear head on the pooled embedding ([CLS]).
 - Adam, lr 1e-3, cosine schedule, 20 epochs, no batch scaling, no clipping (official CIFAR config).
 
-Audio-forced changes and choices (config fields): ``blocks`` must exist on the backbone (Whisper tiny
-has 4, so its configs use 0..3); the query on backbones without a CLS token is the mean-pooled
+Audio-forced changes and choices (config fields): by default ``blocks`` are the official 0..4 of a
+12-block ViT at the same relative depth (0..1 on Whisper tiny's 4 blocks; the FSDD configs set 0..3); the query on backbones without a CLS token is the mean-pooled
 embedding; components beyond the embedding width cannot all be orthogonal (Gram-Schmidt then keeps a
 random unit vector for the excess, where the official code would produce zeros).
 """
@@ -30,7 +30,7 @@ from pydantic import Field
 
 from pace.config import MethodConfig
 from pace.methods.base import Session, register_method
-from pace.methods.prompt_base import PromptLearner, PromptTrainConfig, check_blocks
+from pace.methods.prompt_base import BLOCKS_DOC, OFFICIAL_BLOCKS, PromptLearner, PromptTrainConfig, place_blocks
 from pace.peft.prompts import Prompts, gram_schmidt, ortho_penalty
 
 
@@ -38,7 +38,7 @@ class CODAPromptConfig(MethodConfig):
     """Attention-weighted sums of prompt components, new orthogonal components per session."""
 
     name: Literal["codaprompt"] = "codaprompt"
-    blocks: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4])
+    blocks: list[int] | None = Field(None, description=BLOCKS_DOC)
     components_per_session: int = Field(10, ge=1)
     length: int = Field(8, ge=2, multiple_of=2)
     ortho_mu: float = Field(0.0, ge=0)
@@ -56,8 +56,7 @@ def coda_prompt(q: torch.Tensor, k: torch.Tensor, a: torch.Tensor, p: torch.Tens
 @register_method(CODAPromptConfig)
 class CODAPrompt(PromptLearner):
     def __init__(self, cfg, backbone, ctx):
-        super().__init__(cfg, backbone, ctx)
-        check_blocks(cfg.name, "blocks", cfg.blocks, backbone)
+        super().__init__(place_blocks(cfg, "blocks", OFFICIAL_BLOCKS, backbone), backbone, ctx)
 
     def _sessions(self) -> int:
         return sum(1 for n in self.prompt_module._parameters if n.startswith("k_0_"))

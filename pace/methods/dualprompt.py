@@ -14,8 +14,9 @@ and its PyTorch port) does it, on a frozen audio transformer.
 - Adam, lr 0.03 x batch/256, constant, 5 epochs, gradient norm 1.
 
 Audio-forced changes and choices (config fields):
-- blocks beyond the backbone's depth are an error: Whisper tiny has 4 blocks, so its configs use
-  ``e_blocks: [2, 3]``;
+- by default the blocks are the official ones at the same relative depth of the backbone, E above G
+  (``g_blocks: [0]``, ``e_blocks: [1]`` on Whisper tiny's 4 blocks; the FSDD configs set [0, 1] and
+  [2, 3]); blocks beyond the backbone's depth are an error;
 - the query on backbones without a CLS token is the mean-pooled embedding;
 - the official pool is allocated for all tasks up front, so at test time a query can select a key of a
   task not learned yet (still at its random init); here the pool grows by one E-prompt per session, so
@@ -32,7 +33,7 @@ from pydantic import Field
 
 from pace.config import MethodConfig
 from pace.methods.base import Session, register_method
-from pace.methods.prompt_base import PromptLearner, PromptTrainConfig, check_blocks, expand_batch
+from pace.methods.prompt_base import PromptLearner, PromptTrainConfig, expand_batch, place_blocks
 from pace.peft.prompts import Prompts, cosine_matrix, uniform_
 
 
@@ -40,9 +41,11 @@ class DualPromptConfig(MethodConfig):
     """G-prompt (shared) + per-session E-prompts with keys, both prefix-tuned."""
 
     name: Literal["dualprompt"] = "dualprompt"
-    g_blocks: list[int] = Field(default_factory=lambda: [0, 1])
+    #: None: the official blocks 0-1 of a 12-block ViT at the same relative depth (relative_blocks)
+    g_blocks: list[int] | None = None
     g_length: int = Field(5, ge=0)
-    e_blocks: list[int] = Field(default_factory=lambda: [2, 3, 4])
+    #: None: the official blocks 2-4 of a 12-block ViT at the same relative depth, above the G-prompt
+    e_blocks: list[int] | None = None
     e_length: int = Field(5, ge=1)
     pull_coeff: float = Field(1.0, ge=0)
     init_from_previous: bool = True
@@ -52,9 +55,9 @@ class DualPromptConfig(MethodConfig):
 @register_method(DualPromptConfig)
 class DualPrompt(PromptLearner):
     def __init__(self, cfg, backbone, ctx):
+        cfg = place_blocks(cfg, "g_blocks", [0, 1], backbone)
+        cfg = place_blocks(cfg, "e_blocks", [2, 3, 4], backbone, above=max(cfg.g_blocks, default=-1))
         super().__init__(cfg, backbone, ctx)
-        check_blocks(cfg.name, "g_blocks", cfg.g_blocks, backbone)
-        check_blocks(cfg.name, "e_blocks", cfg.e_blocks, backbone)
         d = backbone.embed_dim
         if cfg.g_blocks and cfg.g_length:
             # (blocks, key/value, length, D): the per-block prefix shape of the official prefix-tuned prompts

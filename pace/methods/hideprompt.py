@@ -20,8 +20,8 @@ frozen audio transformer. Three parts, each session:
 Inference: the TII head's top class over the seen classes names a session; that session's prompt
 prompts the backbone; the TAP head classifies the pooled embedding.
 
-Audio-forced changes and choices (config fields): ``blocks`` must exist on the backbone (Whisper tiny
-has 4); the query on backbones without a CLS token is the mean-pooled embedding; the TII head's
+Audio-forced changes and choices (config fields): by default ``blocks`` are the official 0..4 of a
+12-block ViT at the same relative depth (0..1 on Whisper tiny's 4 blocks); the query on backbones without a CLS token is the mean-pooled embedding; the TII head's
 structure ``[2]`` is read as Linear(D, 2D) - ReLU - Linear(2D, classes) (``tii_hidden_factor``); the
 "covariance" storage (``stats``) of the released scripts is the default ("variance" keeps diagonals).
 """
@@ -39,7 +39,7 @@ from pace.config import MethodConfig
 from pace.embed import autocast
 from pace.heads.linear import LinearHead
 from pace.methods.base import Session, register_method
-from pace.methods.prompt_base import PromptTrainConfig, SessionPromptLearner, make_optimizer
+from pace.methods.prompt_base import BLOCKS_DOC, PromptTrainConfig, SessionPromptLearner, make_optimizer
 from pace.peft.prompts import (class_gaussians, gaussian_roots, masked_logits, prototype_contrastive,
                                sample_gaussians)
 
@@ -48,7 +48,7 @@ class HiDePromptConfig(MethodConfig):
     """Hierarchical decomposition: TII on the frozen model, WTP prompts, TAP head on Gaussian replay."""
 
     name: Literal["hideprompt"] = "hideprompt"
-    blocks: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4])
+    blocks: list[int] | None = Field(None, description=BLOCKS_DOC)
     length: int = Field(5, ge=1)
     init_from_previous: bool = True
     prompt_momentum: float = Field(0.01, ge=0, le=1)

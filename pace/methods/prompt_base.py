@@ -207,16 +207,50 @@ class PromptLearner(Learner):
         return name in self.prompt_module._parameters
 
 
-def check_blocks(name: str, field: str, blocks: list[int], backbone) -> None:
+#: depth of the ViT-B/16 on which the official prompt placements were chosen
+REFERENCE_DEPTH = 12
+
+
+def relative_blocks(official: list[int], depth: int, above: int = -1) -> list[int]:
+    """The official blocks of a 12-block ViT at the same relative depth of a ``depth``-block backbone.
+
+    The official span [first, last] covers [first/12, (last+1)/12) of the depth; on ``depth`` blocks
+    that is blocks round(first*depth/12) .. ceil((last+1)*depth/12) - 1, at least one block, and none at
+    or below ``above`` (DualPrompt's E-prompts sit above its G-prompt). On 12 blocks it is the identity.
+    """
+    if not official:
+        return []
+    first = max(round(min(official) * depth / REFERENCE_DEPTH), above + 1)
+    last = max(first, -(-(max(official) + 1) * depth // REFERENCE_DEPTH) - 1)
+    return [b for b in range(first, last + 1) if b < depth]
+
+
+def place_blocks(cfg, field: str, official: list[int], backbone, above: int = -1):
+    """``cfg`` with ``field`` set: the configured blocks (checked against the backbone), or, when the
+    config leaves it None, the official placement at the same relative depth (``relative_blocks``)."""
+    blocks = getattr(cfg, field)
+    if blocks is None:
+        blocks = relative_blocks(official, backbone.num_blocks, above)
+        if not blocks:
+            raise ValueError(f"{cfg.name}: no block of {backbone.name!r} ({backbone.num_blocks} blocks) lies at "
+                             f"the relative depth of the official {field} {official}; set {field}")
     bad = [b for b in blocks if not 0 <= b < backbone.num_blocks]
     if bad:
-        raise ValueError(f"{name}: {field} {bad} outside the backbone's blocks 0..{backbone.num_blocks - 1} "
+        raise ValueError(f"{cfg.name}: {field} {bad} outside the backbone's blocks 0..{backbone.num_blocks - 1} "
                          f"({backbone.name})")
+    return cfg.model_copy(update={field: list(blocks)})
 
 
 def expand_batch(t: torch.Tensor, b: int) -> torch.Tensor:
     """A prompt shared by the batch, (L, D) -> (B, L, D) (a view)."""
     return t.unsqueeze(0).expand(b, *t.shape)
+
+
+#: S-Prompt++, HiDe-Prompt and CODA-Prompt prefix-tune blocks 0-4 of a 12-block ViT
+OFFICIAL_BLOCKS = [0, 1, 2, 3, 4]
+#: the field's doc for those methods' configs
+BLOCKS_DOC = ("blocks that get prefix prompts; None: the official blocks 0-4 of a 12-block ViT at the same "
+              "relative depth (pace.methods.prompt_base.relative_blocks: 0-1 on Whisper tiny's 4 blocks)")
 
 
 class SessionPromptLearner(PromptLearner):
@@ -225,8 +259,7 @@ class SessionPromptLearner(PromptLearner):
     session t uses prompt t; inference asks ``infer_session`` (S-Prompt++, HiDe-Prompt)."""
 
     def __init__(self, cfg, backbone, ctx):
-        super().__init__(cfg, backbone, ctx)
-        check_blocks(cfg.name, "blocks", cfg.blocks, backbone)
+        super().__init__(place_blocks(cfg, "blocks", OFFICIAL_BLOCKS, backbone), backbone, ctx)
 
     def num_prompts(self) -> int:
         return sum(1 for n in self.prompt_module._parameters if n.startswith("prompt_"))

@@ -11,8 +11,8 @@ describes and runs it), on a frozen audio transformer.
   logits of other sessions' classes at -inf (the official train mask).
 - Adam, lr 0.03 x batch/256, constant, 5 epochs, gradient norm 1 (HiDe repo S-Prompt++ config).
 
-Audio-forced changes and choices (config fields): ``blocks`` must exist on the backbone (Whisper tiny
-has 4); the query on backbones without a CLS token is the mean-pooled embedding. The HiDe repo's own
+Audio-forced changes and choices (config fields): by default ``blocks`` are the official 0..4 of a
+12-block ViT at the same relative depth (0..1 on Whisper tiny's 4 blocks); the query on backbones without a CLS token is the mean-pooled embedding. The HiDe repo's own
 S-Prompt++ config instead learns a key per prompt with a pull constraint (that is ``dualprompt`` with
 ``g_blocks: []`` and ``e_blocks`` 0..4); the nearest-centroid keys follow the S-Prompts paper.
 """
@@ -26,7 +26,7 @@ from pydantic import Field
 
 from pace.config import MethodConfig
 from pace.methods.base import Session, register_method
-from pace.methods.prompt_base import PromptTrainConfig, SessionPromptLearner
+from pace.methods.prompt_base import BLOCKS_DOC, PromptTrainConfig, SessionPromptLearner
 from pace.peft.prompts import kmeans
 
 
@@ -34,7 +34,7 @@ class SPromptConfig(MethodConfig):
     """Session-specific prefix prompts selected by the query's nearest k-means centroid."""
 
     name: Literal["sprompt"] = "sprompt"
-    blocks: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4])
+    blocks: list[int] | None = Field(None, description=BLOCKS_DOC)
     length: int = Field(5, ge=1)
     centroids_per_session: int = Field(5, ge=1)
     init_from_previous: bool = True
