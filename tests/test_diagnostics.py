@@ -120,30 +120,33 @@ def test_inert_flags_and_metric_flattening():
     moved = {"adapted": 1, "stage": "fsa", "delta_w_session_rel": 0.05, "emb_cosine": 0.9,
              "head_acc_before": 50.0, "head_acc_after": 75.0}
     assert inert_flags([moved, {"adapted": 0}]) == {"adaptation_inert": False, "adaptation_inert_reasons": [],
-                                                    "adaptation_no_gain": False, "adaptation_no_gain_reasons": [],
-                                                    "adaptation_harmful": False, "adaptation_harmful_reasons": []}
+                                                    "head_acc_unchanged": False, "head_acc_unchanged_reasons": [],
+                                                    "head_acc_fell": False, "head_acc_fell_reasons": []}
     still = {**moved, "delta_w_session_rel": 1e-5, "emb_cosine": 0.99999, "head_acc_after": 50.0}
     flags = inert_flags([still])
     assert flags["adaptation_inert"] and len(flags["adaptation_inert_reasons"]) == 2
-    assert flags["adaptation_no_gain"]
+    assert flags["head_acc_unchanged"]
     # MSA as a stage is inert only when none of its sessions moved the features
     msa_still, msa_moved = {**still, "stage": "msa"}, {**moved, "stage": "msa"}
     assert not inert_flags([moved, msa_still, msa_moved])["adaptation_inert"]
     assert inert_flags([moved, msa_still, msa_still])["adaptation_inert_reasons"][0].startswith("session 2 (msa)")
+    # with the sessions' times, an inert stage says what it cost: here MSA's two sessions, 30 s and 12.5 s
+    timed = inert_flags([moved, msa_still, msa_still], [4.0, 30.0, 12.5])["adaptation_inert_reasons"]
+    assert timed[-1] == "msa: inert in all 2 session(s) it adapted, which took 42.5 s of learner time"
     # saturated (100 % both) is not "no gain"; nothing adapted by configuration: no flags at all
-    assert not inert_flags([{**moved, "head_acc_before": 100.0, "head_acc_after": 100.0}])["adaptation_no_gain"]
+    assert not inert_flags([{**moved, "head_acc_before": 100.0, "head_acc_after": 100.0}])["head_acc_unchanged"]
     assert inert_flags([{"adapted": 0}, {"adapted": 0}]) == {}
     # harmful: the held-out head lost more than one clip's worth (PACE's FSA at a rate searched on
     # 16-clip sessions, run on 160-clip ones: 100 -> 90 % on 40 held-out clips)
     worse = {**moved, "head_acc_before": 100.0, "head_acc_after": 90.0, "head_acc_n": 40}
     flags = inert_flags([worse])
-    assert flags["adaptation_harmful"] and not flags["adaptation_no_gain"] and not flags["adaptation_inert"]
-    assert flags["adaptation_harmful_reasons"] == [
+    assert flags["head_acc_fell"] and not flags["head_acc_unchanged"] and not flags["adaptation_inert"]
+    assert flags["head_acc_fell_reasons"] == [
         "session 1 (fsa): held-out analytic-head accuracy fell from 100.00 % to 90.00 % with the adaptation "
         "(40 held-out clips)"]
     one_clip = {**worse, "head_acc_after": 97.5}  # exactly one of 40 clips: within noise, not flagged
-    assert not inert_flags([one_clip])["adaptation_harmful"]
-    assert inert_flags([{**one_clip, "head_acc_after": 97.4}])["adaptation_harmful"]
+    assert not inert_flags([one_clip])["head_acc_fell"]
+    assert inert_flags([{**one_clip, "head_acc_after": 97.4}])["head_acc_fell"]
     m = diagnostic_metrics({"cka_block": [0.5, float("nan")], "delta_w_norm_block": {"1": 2.0}, "stage": "fsa",
                             "msa_ran": True, "diag_time_s": 1.5})
     assert m == {"diag_cka_block_0": 0.5, "diag_delta_w_norm_block_1": 2.0, "diag_msa_ran": 1.0, "diag_time_s": 1.5}
@@ -219,7 +222,7 @@ def test_ranpac_fsa_records_and_frozen_ranpac_is_not_flagged(tmp_path):
                                              "ridge_lam_used": runner.learner.classifier.head.lam_used}
 
 
-def test_fsa_that_hurts_the_head_is_flagged_harmful(tmp_path, capsys):
+def test_fsa_that_hurts_the_head_is_flagged_head_acc_fell(tmp_path, capsys):
     """RanPAC's FSA at a rate far too high for these sessions: the features still move (not inert), but a
     fresh analytic head does worse on them than on the pretrained ones, and the run says so."""
     runner, final = _run(tmp_path, {"name": "ranpac", "fsa": {"train": {"epochs": 5, "lr": 0.3}},
@@ -227,11 +230,12 @@ def test_fsa_that_hurts_the_head_is_flagged_harmful(tmp_path, capsys):
     d = runner.results[0].diagnostics
     assert d["head_acc_n"] == len(runner.scenario.sessions[0].train)  # cv2: every training clip held out once
     assert d["head_acc_before"] - d["head_acc_after"] > 100.0 / d["head_acc_n"]
-    assert final["adaptation_harmful"] is True and final["adaptation_inert"] is False
-    assert "WARNING: adaptation harmful: session 1 (fsa): held-out analytic-head accuracy fell from" \
+    assert final["head_acc_fell"] is True and final["adaptation_inert"] is False
+    assert "WARNING: held-out head accuracy fell with the adaptation: session 1 (fsa): held-out analytic-head " \
+        "accuracy fell from" \
         in capsys.readouterr().err
-    assert json.loads((tmp_path / "metrics.json").read_text())["adaptation_harmful_reasons"] == \
-        final["adaptation_harmful_reasons"]
+    assert json.loads((tmp_path / "metrics.json").read_text())["head_acc_fell_reasons"] == \
+        final["head_acc_fell_reasons"]
 
 
 def test_pace_temp_head_switch_changes_what_trains(tmp_path):

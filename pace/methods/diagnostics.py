@@ -35,13 +35,18 @@ their wall time is in ``diag_time_s`` (and inside ``time_s``).
 
 A run is flagged ``adaptation_inert`` (metrics.json, plus a WARNING in the run output) when a stage
 (fsa, or msa over all its sessions) left the features where they were in every session it adapted:
-``delta_w_session_rel < INERT_DELTA_REL`` (1e-3) or ``emb_cosine > INERT_COSINE`` (0.999). ``adaptation_no_gain`` flags an adapted session whose
-held-out head accuracy is exactly unchanged while below 100 % (a saturated set cannot show a gain).
-``adaptation_harmful`` flags an adapted session whose held-out head accuracy fell by more than one
-held-out clip (100 / ``head_acc_n`` points): the adaptation made the features worse for the analytic
-head than they were before it (e.g. an FSA rate searched on sessions of 16 clips taking 10x the steps
-on sessions of 160). A run that adapts nothing by configuration (RanPAC w/o FSA, SimpleCIL) is not
-flagged.
+``delta_w_session_rel < INERT_DELTA_REL`` (1e-3) or ``emb_cosine > INERT_COSINE`` (0.999); the
+reasons end with the learner time the inert stage's sessions took.
+
+The two head-accuracy flags are named by what they measure: a fresh analytic head's accuracy on
+held-out clips of the *session's own classes*, fitted on the features before and after that session's
+adaptation. ``head_acc_unchanged``: exactly unchanged while below 100 % (a saturated set cannot show a
+gain). ``head_acc_fell``: it fell by more than one held-out clip (100 / ``head_acc_n`` points), e.g.
+an FSA rate searched on sessions of 16 clips taking 10x the steps on sessions of 160. Neither predicts
+the run's outcome over all sessions: a run flagged ``head_acc_fell`` in session 1 can still end with
+the best last accuracy of a study, so the flags describe an adaptation, never rank a run (they stay
+out of any search objective). A run that adapts nothing by configuration (RanPAC w/o FSA, SimpleCIL)
+is not flagged.
 """
 
 from __future__ import annotations
@@ -249,12 +254,20 @@ def _inert_reasons(t: int, d: dict[str, Any]) -> list[str]:
     return out
 
 
-def inert_flags(session_diags: list[dict[str, Any]]) -> dict[str, Any]:
-    """``adaptation_inert`` / ``_no_gain`` / ``_harmful`` with the reasons (see the module docstring).
+#: flag -> what its WARNING line says it measured
+FLAG_WARNINGS = {"adaptation_inert": "adaptation inert (weights or embeddings did not move)",
+                 "head_acc_unchanged": "held-out head accuracy unchanged by the adaptation",
+                 "head_acc_fell": "held-out head accuracy fell with the adaptation"}
+
+
+def inert_flags(session_diags: list[dict[str, Any]], session_times: list[float] | None = None) -> dict[str, Any]:
+    """``adaptation_inert`` / ``head_acc_unchanged`` / ``head_acc_fell`` with the reasons (see the
+    module docstring).
 
     A stage (fsa, msa) is inert when every session it adapted is; the run is flagged when any
     stage is. (One MSA session that barely moves is what the projection is for; a stage that
-    never moves is not.)
+    never moves is not.) With ``session_times`` an inert stage's reasons end with the learner time
+    its sessions took, so a user does not pay for a stage that did nothing without being told.
     """
     adapted = [(t, d) for t, d in enumerate(session_diags) if d.get("adapted")]
     if not adapted:
@@ -264,6 +277,10 @@ def inert_flags(session_diags: list[dict[str, Any]]) -> dict[str, Any]:
         reasons = [_inert_reasons(t, d) for t, d in adapted if d.get("stage") == stage]
         if all(reasons):
             inert.extend(r for rs in reasons for r in rs)
+            if session_times is not None:
+                ts = [session_times[t] for t, d in adapted if d.get("stage") == stage]
+                inert.append(f"{stage}: inert in all {len(ts)} session(s) it adapted, which took "
+                             f"{sum(ts):.1f} s of learner time")
     for t, d in adapted:
         before, after = d.get("head_acc_before"), d.get("head_acc_after")
         if before is not None and after is not None and before == after and before < 100.0:
@@ -276,5 +293,5 @@ def inert_flags(session_diags: list[dict[str, Any]]) -> dict[str, Any]:
                            f"{before:.2f} % to {after:.2f} % with the adaptation"
                            + (f" ({n} held-out clips)" if n else ""))
     return {"adaptation_inert": bool(inert), "adaptation_inert_reasons": inert,
-            "adaptation_no_gain": bool(no_gain), "adaptation_no_gain_reasons": no_gain,
-            "adaptation_harmful": bool(harmful), "adaptation_harmful_reasons": harmful}
+            "head_acc_unchanged": bool(no_gain), "head_acc_unchanged_reasons": no_gain,
+            "head_acc_fell": bool(harmful), "head_acc_fell_reasons": harmful}
