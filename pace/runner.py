@@ -33,7 +33,7 @@ from pace.data.features import FeatureTable, extract_features
 from pace.data.scenario import Scenario, build_scenario
 from pace.methods.base import Context, Learner, Session, Split, build_learner
 from pace.modes import evaluating
-from pace.methods.diagnostics import diagnostic_metrics, inert_flags, json_safe
+from pace.methods.diagnostics import FLAG_WARNINGS, diagnostic_metrics, inert_flags, json_safe
 from pace.provenance import provenance
 from pace.runfolder import (CHECKPOINT, RunFolder, data_identity, json_bytes,  # noqa: F401
                             save_checkpoint, write_all)
@@ -273,10 +273,10 @@ class Runner:
             "peak_mem_mb": max(r.peak_mem_mb for r in self.results),
             "units": "accuracies, forgetting and bwt in percent",
         })
-        final.update(inert_flags([r.diagnostics for r in self.results]))
-        for kind in ("inert", "no_gain", "harmful"):  # pace.methods.diagnostics: thresholds and reasons
-            for reason in final.get(f"adaptation_{kind}_reasons", []):
-                print(f"WARNING: adaptation {kind.replace('_', ' ')}: {reason}", file=sys.stderr)
+        final.update(inert_flags([r.diagnostics for r in self.results], [r.time_s for r in self.results]))
+        for flag, says in FLAG_WARNINGS.items():  # pace.methods.diagnostics: thresholds and reasons
+            for reason in final.get(f"{flag}_reasons", []):
+                print(f"WARNING: {says}: {reason}", file=sys.stderr)
         write_all({self.out / "accuracy_matrix.csv": self.matrix_csv(m).encode(),
                    self.out / "metrics.json": json_bytes(final),
                    self.out / "sessions.json": json_bytes([asdict(r) for r in self.results])})
