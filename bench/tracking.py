@@ -52,7 +52,7 @@ def main() -> None:
     os.environ.setdefault("PACE_CACHE_DIR", str(root / "cache"))  # before Ray starts: workers inherit it
     import ray
 
-    from pace.sweep import StudyOptions, run_study
+    from pace.study.driver import StudyOptions, run_study
     from pace.tracking import MlflowSink
 
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)

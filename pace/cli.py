@@ -27,7 +27,7 @@ def _overrides(pairs: list[str]) -> dict:
 
 def cmd_run(args) -> int:
     from pace.config import load_config
-    from pace.reporting import ConsoleReporter
+    from pace.console import ConsoleReporter
     from pace.runner import Runner
 
     cfg = load_config(args.config, _overrides(args.set))
@@ -48,7 +48,7 @@ def cmd_run(args) -> int:
 
 def cmd_backbones(args) -> int:
     from pace.backbones.registry import list_backbones
-    from pace.reporting import table
+    from pace.console import table
 
     def weights(text: str) -> str:
         return text if args.full or len(text) <= 72 else text[:71] + "…"
@@ -60,15 +60,24 @@ def cmd_backbones(args) -> int:
 
 
 def cmd_methods(args) -> int:
-    from pace.config import MethodConfig
-    from pace.reporting import table
+    from pace.registry import METHODS
+    from pace.console import table
 
     rows = []
-    for name in MethodConfig.known():
-        cls = MethodConfig._registry[name]
-        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-        rows.append([name, doc])
+    for name, learner in METHODS.items():
+        doc = (learner.config_cls.__doc__ or "").strip()
+        rows.append([name, doc.splitlines()[0] if doc else ""])
     print(table(rows, ["method", "what it is"]))
+    return 0
+
+
+def cmd_data_list(args) -> int:
+    from pace.registry import DATASETS
+    from pace.console import table
+
+    rows = [[name, "|".join(s.labels), s.root, ", ".join(p.name for p in s.presets), s.summary]
+            for name, s in DATASETS.items()]
+    print(table(rows, ["data set", "labels (first: default)", "root", "presets", "what"]))
     return 0
 
 
@@ -179,11 +188,11 @@ class _LazySubcommands(argparse._SubParsersAction):
 # Subcommands living in other modules: the builder, and the help line of each command it adds
 # (tests/test_cli.py checks these lines against the builders' own).
 _EXTERNAL = {
-    "pace.sweep:add_cli": {
+    "pace.study.cli:add_cli": {
         "sweep": "hyperparameter search on Ray Tune (Optuna/random/grid), tracked in MLflow",
         "ablate": "grid of variants x benchmarks x backbones x seeds on Ray Tune",
     },
-    "pace.report:add_cli": {"report": "tables and figures from a study's MLflow runs (mean ± std over seeds)"},
+    "pace.report.cli:add_cli": {"report": "tables and figures from a study's MLflow runs (mean ± std over seeds)"},
     "pace.journal:add_cli": {"tracking": "MLflow tracking of studies: send writes kept during an outage"},
 }
 _DATA_EXTERNAL = {
@@ -194,12 +203,12 @@ _DATA_EXTERNAL = {
 
 def _add_data_check(dsub) -> None:
     from pace.data.presets import PRESETS
+    from pace.registry import DATASETS
 
     dc = dsub.add_parser("check", help="read every clip of a data set and report bad files")
-    kinds = ["fsdd", "folder", "manifest", "synthetic", "esc50", "us8k", "speechcommands", "timit", "vocalset",
-             "nsynth"]
+    kinds = DATASETS.names()
     dc.add_argument("dataset", metavar="NAME", choices=kinds + list(PRESETS),
-                    help=f"a data set kind ({', '.join(kinds)}) or a preset (pace data describe lists them)")
+                    help=f"a data set ({', '.join(kinds)}; pace data list) or a preset (pace data describe lists them)")
     dc.add_argument("--root", help="data set root (or manifest CSV); for a sequence preset, the folder of its parts")
     dc.add_argument("--label", help="label kind (fsdd: digit|speaker|digit_speaker; timit, vocalset, nsynth: see docs)")
     dc.add_argument("--subset", help="named subset (esc50: esc10; nsynth: nonvocal|acoustic|...)")
@@ -211,6 +220,8 @@ def _add_data(sub) -> None:
     d = sub.add_parser("data", help="inspect data sets")
     dsub = d.add_subparsers(dest="data_command", required=True, action=_LazySubcommands)
     dsub.add_lazy(_add_data_check, {"check": "read every clip of a data set and report bad files"})
+    dl = dsub.add_parser("list", help="registered data sets: labels, root, presets")
+    dl.set_defaults(func=cmd_data_list)
     dd = dsub.add_parser("describe", help="a benchmark preset's sessions (nominal, or counted from --root)")
     dd.add_argument("preset", nargs="?", help="preset name; omit to list the presets")
     dd.add_argument("--root", help="data set root (sequence presets: the folder holding one sub-folder per part)")

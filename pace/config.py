@@ -9,6 +9,8 @@ fields (Mammoth-style per-method configs) and ``config.py`` never grows a branch
 from __future__ import annotations
 
 import copy
+import re
+import typing
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -157,7 +159,7 @@ class RuntimeConfig(Strict):
     progress: bool = True
     #: write the resume checkpoint after every N-th session (and always after the last); "auto": after
     #: every session while it is under 64 MiB, a larger one once the sessions since took 20x its write
-    #: time (pace.checkpointing). A resume recomputes the sessions after it: results do not depend on it
+    #: time (pace.checkpoint_clock). A resume recomputes the sessions after it: results do not depend on it
     checkpoint_every: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
     #: bf16 autocast for backbone forward passes on CUDA
     bf16: bool = True
@@ -218,37 +220,87 @@ class RunConfig(Strict):
 # Loading, overrides and friendly errors
 
 
-def _valid_keys(model: type[BaseModel], loc: tuple) -> list[str]:
-    """Field names valid at ``loc`` (a pydantic error location) inside ``model``."""
-    cur: Any = model
-    for part in loc[:-1]:
-        if isinstance(part, int) or cur is None:
-            return []
-        field = cur.model_fields.get(part)
+def _field_model(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
+    """(model inside an annotation, whether a mapping key or list index sits between the field and it)."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation, False
+    if origin in (dict, list) and args:
+        inner, _ = _field_model(args[-1])
+        return inner, True
+    for a in args:  # Optional / Union / Annotated
+        inner, mapped = _field_model(a)
+        if inner is not None:
+            return inner, mapped
+    return None, False
+
+
+def _valid_keys(model: type[BaseModel], loc: tuple, sections: dict[str, type[BaseModel]] | None = None
+                ) -> list[str]:
+    """Field names valid at ``loc`` (a pydantic error location, union members removed) inside ``model``;
+    ``sections`` replaces the model of a top-level field dispatched at validation (``method``)."""
+    cur: type[BaseModel] | None = model
+    i = 0
+    parts = loc[:-1]
+    while i < len(parts) and cur is not None:
+        if i == 0 and sections and str(parts[0]) in sections:
+            cur, i = sections[str(parts[0])], 1
+            continue
+        field = cur.model_fields.get(str(parts[i]))
         if field is None:
             return []
-        ann = field.annotation
-        # unwrap SerializeAsAny / Optional
-        ann = getattr(ann, "__origin__", ann) if not isinstance(ann, type) else ann
-        cur = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
-    return list(cur.model_fields) if cur is not None else []
+        cur, mapped = _field_model(field.annotation)
+        i += 2 if mapped else 1
+    return list(cur.model_fields) if cur is not None and i == len(parts) else []
+
+
+def _where(loc: tuple) -> str:
+    """A location as the user wrote it: dotted keys, [i] for list items, ['a.b'] for keys with dots."""
+    out = ""
+    for p in loc:
+        if isinstance(p, int):
+            out += f"[{p}]"
+        elif "." in str(p) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(p)):
+            out += f"[{str(p)!r}]"
+        else:
+            out += ("." if out else "") + str(p)
+    return out or "<top level>"
+
+
+#: location parts pydantic adds for union members and validators (not keys the user wrote)
+_NOT_A_KEY = re.compile(r"^(bool|int|float|str|none)$|[\[\]]|^(function|constrained)-")
+
+
+def format_errors(exc: ValidationError, model: type[BaseModel], source: str, what: str = "config",
+                  sections: dict[str, type[BaseModel]] | None = None) -> str:
+    """One line per problem of a run config or a study spec (``what``): an unknown key with the
+    closest valid one, else the location and pydantic's message (one line when every member of a
+    union failed)."""
+    lines: list[str] = []
+    by_loc: dict[tuple, list[dict]] = {}
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and _NOT_A_KEY.search(p)))
+        if err["type"] == "extra_forbidden":
+            lines.append(f"unknown key {_where(loc)!r}{did_you_mean(loc[-1], _valid_keys(model, loc, sections))}")
+        else:
+            by_loc.setdefault(loc, []).append(err)
+    for loc, errs in by_loc.items():
+        err = errs[0]
+        if len(errs) > 1:  # every member of a union failed: one line, not one per member
+            lines.append(f"{_where(loc)}: value {err.get('input')!r} has none of the allowed types")
+            continue
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{_where(loc)}: {msg}" + ("" if err["type"] == "value_error" else f" (got {err.get('input')!r})"))
+    return f"invalid {what} {source}:\n  " + "\n  ".join(lines)
 
 
 def _format_errors(exc: ValidationError, raw: dict[str, Any], source: str) -> str:
-    lines = []
-    for err in exc.errors():
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        dotted = ".".join(str(p) for p in loc)
-        if err["type"] == "extra_forbidden":
-            valid = _valid_keys(RunConfig, loc)
-            if loc and loc[0] == "method":
-                name = raw.get("method", {}).get("name")
-                mc = METHODS.find(name)
-                valid = list(mc.config_cls.model_fields) if mc else valid
-            lines.append(f"unknown key {dotted!r}{did_you_mean(loc[-1], valid)}")
-        else:
-            lines.append(f"{dotted or '<root>'}: {err['msg']} (got {err.get('input')!r})")
-    return f"invalid config {source}:\n  " + "\n  ".join(lines)
+    """A run config's errors; keys under ``method`` are checked against the named method's own config."""
+    method = raw.get("method") if isinstance(raw, dict) else None
+    name = method.get("name") if isinstance(method, dict) else None
+    mc = METHODS.find(name) if isinstance(name, str) else None
+    return format_errors(exc, RunConfig, source, "config", {"method": mc.config_cls} if mc else None)
 
 
 def parse_value(text: str) -> Any:
@@ -361,10 +413,64 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
         raw = raw["base"]
     # compose (not a plain apply_overrides): a dotted key into a section the file leaves out starts
     # from that method's own defaults, not from the generic sub-config defaults
-    from pace.specs import compose
-
     return validate_config(compose(raw, overrides or {}), str(path))
 
 
 def dump_config(cfg: RunConfig, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+# ----------------------------------------------------------------------------------------------
+# Composing configs: dotted overrides onto a base (pace run --set, sweep and ablation trials)
+
+
+_MISSING = object()
+
+
+def get_dotted(d: dict[str, Any], dotted: str, default: Any = None) -> Any:
+    cur: Any = d
+    for k in dotted.split("."):
+        if not isinstance(cur, dict) or k not in cur:
+            return default
+        cur = cur[k]
+    return cur
+
+
+def compose(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with dotted overrides applied; a method switch (applied first) resets the method section.
+
+    Setting ``method.name`` (or a whole ``method`` mapping) to another method drops the base's
+    method-specific fields: they belong to the old method. A dotted key into a section the raw config
+    leaves out (``method.analytic.lam`` when only ``method.name`` is given) first fills that section
+    with its resolved defaults, so the override changes one field instead of replacing the section's
+    method-specific defaults with the class defaults.
+    """
+    out = copy.deepcopy(base)
+    first = [k for k in ("method", "method.name") if k in overrides]
+    for key in first + [k for k in overrides if k not in first]:
+        value = overrides[key]
+        if key == "method.name" and value != get_dotted(out, "method.name"):
+            out["method"] = {"name": value}
+            continue
+        if key == "method" and isinstance(value, dict):
+            out["method"] = copy.deepcopy(value)
+            continue
+        out = apply_overrides(_fill_section(out, key), {key: value})
+    return out
+
+
+def _fill_section(raw: dict[str, Any], key: str) -> dict[str, Any]:
+    parts = key.split(".")
+    for depth in range(2, len(parts)):  # top-level sections are filled by validation anyway
+        section = ".".join(parts[:depth])
+        if get_dotted(raw, section, _MISSING) is not _MISSING:
+            continue
+        try:
+            resolved = validate_config(raw).to_dict()
+        except ConfigError:
+            return raw  # the override itself may be what makes the config valid; leave it as written
+        default = get_dotted(resolved, section)
+        if isinstance(default, dict):
+            return apply_overrides(raw, {section: default})
+        return raw
+    return raw

@@ -14,7 +14,7 @@ import torch
 from pace.backbones.base import Backbone
 from pace.cache import tensor_digest
 from pace.modes import evaluating
-from pace.reporting import ProgressLine
+from pace.console import ProgressLine
 
 
 def autocast(ctx) -> contextlib.AbstractContextManager:

@@ -34,6 +34,13 @@ MAX_BACKOFF_S = 10.0
 #: how long the end of a study waits for the journal to drain before leaving the rest for later
 FLUSH_ENV = "PACE_TRACKING_FLUSH_S"
 FLUSH_DEFAULT_S = 60.0
+#: ``pace tracking sync``: add_cli registers these names, and messages name the command from them
+TRACKING_COMMAND, SYNC_COMMAND = "tracking", "sync"
+
+
+def sync_command(*paths: str | Path) -> str:
+    """The command that sends what the journals under ``paths`` hold."""
+    return " ".join(["pace", TRACKING_COMMAND, SYNC_COMMAND, *map(str, paths)])
 
 
 class Journal:
@@ -167,6 +174,8 @@ class Sender:
                            {k: base64.b64decode(v) for k, v in op["files"].items()})
         elif kind == "terminate":
             sink.terminate(self.run_id(op["ref"]), op["status"], op.get("tags"))
+        elif kind == "reopen":
+            sink.reopen(self.run_id(op["ref"]))
         elif kind == "tags":
             sink.set_tags(self.run_id(op["ref"]), op["tags"])
         elif kind == "summary":
@@ -312,6 +321,10 @@ class JournaledSink:
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         self._put({"op": "tags", "ref": self._resolve(run_id), "tags": tags})
 
+    def reopen(self, run_id: str) -> None:
+        """A resumed study's parent runs again (after the writes of its earlier start, in order)."""
+        self._put({"op": "reopen", "ref": self._resolve(run_id)})
+
     def summary(self, parent_run_id: str, key: str | None, value: float | None, tags: dict[str, str],
                 files: dict[str, bytes]) -> None:
         self._put({"op": "summary", "ref": {"run": parent_run_id}, "key": key or "", "value": value,
@@ -346,8 +359,10 @@ def sync(journals: list[Journal], timeout_s: float, out=print) -> int:
     left_total = 0
     for j in journals:
         n = len(j.pending())
-        left = drain(j, Sender(j.uri), time.time() + timeout_s,
-                     lambda op, exc: out(f"pace: warning: {j.uri} rejected a {op['op']} write ({exc}); skipped it"))
+        def skipped(op: dict[str, Any], exc: BaseException, uri: str = j.uri) -> None:
+            out(f"pace: warning: {uri} rejected a {op['op']} write ({exc}); skipped it")
+
+        left = drain(j, Sender(j.uri), time.time() + timeout_s, skipped)
         left_total += left
         if not left:
             j.clear()
@@ -376,9 +391,9 @@ def cmd_sync(args) -> int:
 
 
 def add_cli(sub) -> None:
-    t = sub.add_parser("tracking", help="MLflow tracking of studies: send writes kept during an outage")
+    t = sub.add_parser(TRACKING_COMMAND, help="MLflow tracking of studies: send writes kept during an outage")
     tsub = t.add_subparsers(dest="tracking_cmd", required=True)
-    s = tsub.add_parser("sync", help="send the journaled MLflow writes that studies could not send")
+    s = tsub.add_parser(SYNC_COMMAND, help="send the journaled MLflow writes that studies could not send")
     s.add_argument("paths", nargs="*", default=["ray_results"],
                    help="experiment folders, or storage folders holding them (default: ./ray_results)")
     s.add_argument("--timeout", type=float, default=60.0, help="seconds to keep retrying an unreachable server")

@@ -36,6 +36,8 @@ MAX_KEY = 250
 PARAMS_PER_BATCH = 100
 METRICS_PER_BATCH = 1000
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
+#: tag on a study's parent and child runs naming one start of it (a new id on --fresh)
+INSTANCE_TAG = "pace.study_instance"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -73,8 +75,17 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
             raise ConfigError(f"tracking URI {uri}: cannot create or write {db} (folder not writable); "
                               "pass another --tracking-uri or --no-tracking")
         return
+    reason = server_unreachable(uri, timeout_s)
+    if reason is not None:
+        raise ConfigError(f"tracking server {uri} is unreachable ({reason}); start it (mlflow server "
+                          "--host 127.0.0.1 --port PORT), pass another --tracking-uri, or --no-tracking")
+
+
+def server_unreachable(uri: str, timeout_s: float = 5.0) -> str | None:
+    """Why the tracking server at ``uri`` does not answer within ``timeout_s``; None when it answers
+    or ``uri`` names no HTTP server (SQLite, databricks and other stores)."""
     if not uri.startswith(("http://", "https://")):
-        return  # databricks and other stores: MLflow checks them
+        return None
     import urllib.error
     import urllib.request
 
@@ -82,11 +93,10 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s):
             pass
     except urllib.error.HTTPError:
-        return  # it answered (a proxy or an auth layer may refuse /health)
+        return None  # it answered (a proxy or an auth layer may refuse /health)
     except (OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise ConfigError(f"tracking server {uri} is unreachable ({reason}); start it (mlflow server "
-                          "--host 127.0.0.1 --port PORT), pass another --tracking-uri, or --no-tracking") from None
+        return str(getattr(exc, "reason", exc))
+    return None
 
 
 def sqlite_path(uri: str) -> Path | None:

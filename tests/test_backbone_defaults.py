@@ -67,7 +67,7 @@ def test_shipped_table_is_valid_and_reaches_the_written_config(tmp_path):
 def test_shipped_default_searches_use_validation_only(name):
     from pathlib import Path
 
-    from pace.specs import load_sweep_spec
+    from pace.study.spec import load_sweep_spec
 
     path = Path(__file__).resolve().parents[1] / "sweeps" / f"{name}.yaml"
     load_sweep_spec(path)  # every trial config validates
@@ -78,6 +78,6 @@ def test_shipped_default_searches_use_validation_only(name):
 def test_adaptation_table_spec_validates():
     from pathlib import Path
 
-    from pace.specs import load_ablation_spec
+    from pace.study.spec import load_ablation_spec
 
     load_ablation_spec(Path(__file__).resolve().parents[1] / "sweeps" / "adaptation_table.yaml")

@@ -9,8 +9,10 @@ from mlflow.entities import Metric, Param  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from pace.cli import main  # noqa: E402
-from pace.report import (FLAG, aggregate, build_table, load_study, read_matrix_csv, run_compare,  # noqa: E402
-                         run_report, summarize, tidy, to_csv, to_latex, to_markdown)
+from pace.report.cells import aggregate, summarize, tidy  # noqa: E402
+from pace.report.cli import run_compare, run_report  # noqa: E402
+from pace.report.read import load_study, read_matrix_csv  # noqa: E402
+from pace.report.tables import FLAG, build_table, to_csv, to_latex, to_markdown  # noqa: E402
 
 # (variant, benchmark, seed) -> last_accuracy. Means and sample stds by hand:
 #   full/esc50   94 95 96 -> 95, sqrt((1+0+1)/2) = 1
@@ -265,7 +267,7 @@ def test_cli_errors(store, capsys):
 def test_runs_stopped_early_by_the_scheduler_are_left_out():
     import pandas as pd
 
-    from pace.report import select_runs
+    from pace.report.read import select_runs
 
     df = pd.DataFrame({
         "run_id": ["p", "a", "b"], "status": ["FINISHED"] * 3,
@@ -331,7 +333,7 @@ def test_all_instances_pools_every_start(store, tmp_path):
 def test_varied_params_and_configuration_labels():
     import pandas as pd
 
-    from pace.report import configurations, varied_params
+    from pace.report.cells import configurations, varied_params
 
     df = pd.DataFrame({
         "run_id": list("abcde"), "tags.method": ["pace", "pace", "pace", "ranpac", "ranpac"],
@@ -349,7 +351,7 @@ def test_varied_params_and_configuration_labels():
 def test_pick_instance_reads_untagged_stores_whole():
     import pandas as pd
 
-    from pace.report import pick_instance
+    from pace.report.read import pick_instance
 
     df = pd.DataFrame({"run_id": ["p1", "p2", "a", "b"], "start_time": [1, 2, 3, 4],
                        "tags.pace.role": ["study", "study", None, None],
@@ -406,7 +408,7 @@ def test_plane_labels_do_not_collide():
 
 
 def test_best_trial_line_names_the_best_and_its_ties():
-    from pace.reporting import best_trial_line
+    from pace.console import best_trial_line
 
     rows = [{"trial": "t001", "status": "finished", "objective": 90.0, "p": "method.name=pace"},
             {"trial": "t002", "status": "finished", "objective": 96.5, "p": "method.name=ranpac a=1"},
@@ -420,3 +422,28 @@ def test_best_trial_line_names_the_best_and_its_ties():
         "best trial: t001 (forgetting 90.00): method.name=pace"
     assert best_trial_line(rows[4:], "val_last_accuracy", "max", describe) == \
         "best trial: none (no finished trial reported val_last_accuracy)"
+
+
+def test_paired_report_from_store(store, tmp_path, capsys):
+    """wo_fsa - full per (benchmark, seed), by hand: esc50 -4 -3 -2, sc2 -11 -8 (sc2 seed 2: full only)."""
+    uri, *_ = store
+    assert main(["report", "--experiment", "abl", "--paired", "full", "--tracking-uri", uri,
+                 "--out", str(tmp_path), "--format", "md,csv"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("| wo_fsa |") and "yes" in line)
+    assert "| -4.00 | -3.00 | -2.00 | -11.00 | -8.00 | – | -5.60 |" in row and "| 5 | yes |" in row
+    assert "wo_fsa vs full: -5.60 points" in out and "full has the higher last accuracy" in out
+    assert "| full | 1 |" in out and "| wo_fsa | 2 |" in out  # two tiers in the ranking
+    assert (tmp_path / "paired_last_accuracy.csv").is_file() and (tmp_path / "ranking_last_accuracy.md").is_file()
+
+
+def test_against_paper_names_what_differs_from_the_papers_setting(store, tmp_path, capsys):
+    uri, *_ = store
+    assert main(["report", "--experiment", "abl", "--against", "paper", "--tracking-uri", uri,
+                 "--out", str(tmp_path), "--format", "md"]) == 0
+    out = capsys.readouterr().out
+    # the runs are eat-base on esc50 / sc2, but with 3 sessions instead of the paper's 10 / 7
+    assert "sessions 3 ≠ 10" in out or "3 ≠ 10" in out, out
+    assert (tmp_path / "paper_last_accuracy.md").is_file()
+    assert main(["report", "--compare", "abl", "abl_b", "--against", "paper", "--tracking-uri", uri]) == 2
+    assert "--paired and --against apply to --experiment alone" in capsys.readouterr().err

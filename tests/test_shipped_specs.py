@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from pace.config import load_config
-from pace.specs import load_ablation_spec, load_sweep_spec
+from pace.study.spec import load_ablation_spec, load_sweep_spec
 
 REPO = Path(__file__).resolve().parents[1]
 

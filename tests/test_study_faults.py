@@ -6,12 +6,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 import pace
+from faults import FAULTS_ENV, wait_for
 
 #: the pace under test (subprocesses import the same one)
 REPO = Path(pace.__file__).resolve().parents[1]
@@ -21,7 +21,10 @@ _CREATE = """
 import os, sys, time
 from pace.tracking import MlflowSink
 open(sys.argv[2], "w").close()
+deadline = time.monotonic() + 600
 while not os.path.exists(sys.argv[3]):
+    if time.monotonic() > deadline:
+        sys.exit("timed out after 600 s waiting for the go file")
     time.sleep(0.01)
 sink = MlflowSink(sys.argv[1])
 print(sink.experiment(sys.argv[4]))
@@ -36,11 +39,16 @@ def test_two_studies_create_a_new_sqlite_store_at_once(tmp_path):
     procs = [subprocess.Popen([sys.executable, "-c", _CREATE, uri, str(tmp_path / f"ready{i}"), str(go), f"s{i}"],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(3)]
-    while not all((tmp_path / f"ready{i}").exists() for i in range(3)):
+
+    def ready() -> bool:
         assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
-        time.sleep(0.05)
-    go.touch()
-    results = [p.communicate() for p in procs]
+        return all((tmp_path / f"ready{i}").exists() for i in range(3))
+
+    try:
+        wait_for(ready, "three processes that imported MLflow", interval=0.05)
+    finally:
+        go.touch()  # also when one failed: the others end instead of waiting forever
+    results = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], [err[-2000:] for _, err in results]
     from mlflow.tracking import MlflowClient
 
@@ -79,13 +87,20 @@ class MlflowServer:
              "--artifacts-destination", str(self.folder / "artifacts"), "--workers", "1"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         self.up()
-        while True:  # until it answers (event: the health endpoint), or it died
+
+        def answers() -> bool:  # the event: the health endpoint answers (or the server died)
             assert self.proc.poll() is None, "mlflow server exited"
             try:
                 with urllib.request.urlopen(self.uri + "/health", timeout=2):
-                    return
+                    return True
             except OSError:
-                time.sleep(0.2)
+                return False
+
+        try:
+            wait_for(answers, f"mlflow server on port {self.server_port} to answer", interval=0.2)
+        except BaseException:
+            self.stop()  # no server left behind when it never answered
+            raise
 
     def up(self) -> None:
         import socket
@@ -153,3 +168,10 @@ class MlflowServer:
             self.down()
         os.killpg(self.proc.pid, signal.SIGTERM)  # the server and its worker
         self.proc.wait()
+
+
+def test_product_code_holds_no_fault_injection():
+    """Faults reach studies only through the plugin seam (tests/faults.py): pace never reads them."""
+    offenders = [str(p.relative_to(REPO)) for p in (REPO / "pace").rglob("*.py")
+                 if FAULTS_ENV in p.read_text() or "FaultInjector" in p.read_text()]
+    assert offenders == []

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -17,17 +19,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pace.cli import main
-from pace.config import validate_config
+import faults
+from faults import REPO, wait_for
+from pace.cli import build_parser, main
+from pace.config import compose, validate_config
 from pace.runner import Runner
-from pace.specs import SearchSpace, compose, load_sweep_spec
-from pace.sweep import FAULTS_ENV, StudyOptions, ValidationHook, run_study, split_trial_config
+from pace.study.driver import StudyOptions, run_study
+from pace.study.space import SearchSpace
+from pace.study.spec import load_sweep_spec
+from pace.study.trial import ValidationHook, split_trial_config
 
 pytestmark = pytest.mark.ray
-import pace  # noqa: E402
-
-#: the pace under test: driver subprocesses import the same one
-REPO = Path(pace.__file__).resolve().parents[1]
 
 BASE = {
     "name": "t",
@@ -186,9 +188,8 @@ def test_sweep_end_to_end_optuna_mlflow_and_retry(ray_address, store, tmp_path, 
     after session 2 is retried from its checkpoint without duplicating the step it had logged."""
     monkeypatch.chdir(tmp_path)
     marker = tmp_path / "fault-claimed"
-    monkeypatch.setenv(FAULTS_ENV, json.dumps({"fail_after_session": 2, "marker": str(marker)}))
     path = _write(tmp_path / "s.yaml", _sweep_spec(tmp_path, "e2e", store))
-    res = run_study("sweep", str(path))
+    res = run_study("sweep", str(path), hooks=faults.hooks({"fail_after_session": 2, "marker": str(marker)}))
     assert not res.interrupted and res.num_errors == 0 and marker.exists()
     assert len(res.rows) == 4 and all(r["status"] == "finished" and r["sessions"] == "3/3" for r in res.rows)
 
@@ -244,12 +245,12 @@ def test_retry_resumes_from_the_last_checkpoint_when_sessions_between_were_not_c
     the result is an uninterrupted run's."""
     monkeypatch.chdir(tmp_path)
     marker = tmp_path / "fault-claimed"
-    monkeypatch.setenv(FAULTS_ENV, json.dumps({"fail_after_session": 3, "marker": str(marker)}))
     base = {**BASE, "data": {**BASE["data"], "synthetic_classes": 8}, "scenario": {"num_sessions": 4},
             "runtime": {"num_threads": 1, "checkpoint_every": 2}}
     spec = {"name": "ckpt-every", "base": base, "objective": "last_accuracy", "variants": {"joint": {}},
             "seeds": [0], "max_failures": 1, "storage_path": str(tmp_path / "ray_results"), "tracking_uri": store}
-    res = run_study("ablation", str(_write(tmp_path / "a.yaml", spec)))
+    res = run_study("ablation", str(_write(tmp_path / "a.yaml", spec)),
+                    hooks=faults.hooks({"fail_after_session": 3, "marker": str(marker)}))
     assert marker.exists() and res.num_errors == 0 and res.rows[0]["sessions"] == "4/4"
     c, _, children = _runs(res.tracking_uri, "ckpt-every")
     assert _steps(c, children[0].info.run_id) == [0, 1, 2, 3]
@@ -317,12 +318,12 @@ def _checkpointed(exp: Path) -> set[str]:
 def _kill_frozen(proc, exp: Path, frozen: Path) -> None:
     """SIGKILL the driver once it is parked between Tune steps and its saved state has reached the
     experiment folder whole (Tune uploads it in the background): a kill, not a torn file."""
-    from pace.sweep import _damaged_tune_state
+    from pace.study.state import damaged_tune_state
 
     try:
         _wait(frozen, proc)
-        while _damaged_tune_state(str(exp)) or not list(exp.glob("experiment_state-*.json")):
-            time.sleep(0.1)
+        wait_for(lambda: not damaged_tune_state(str(exp)) and list(exp.glob("experiment_state-*.json")),
+                 f"a whole experiment state in {exp}", alive=proc)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -330,9 +331,7 @@ def _kill_frozen(proc, exp: Path, frozen: Path) -> None:
 
 def _wait(marker: Path, proc) -> None:
     """Until a parked trial has written its marker (the driver must still be alive)."""
-    while not marker.exists():
-        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
-        time.sleep(0.1)
+    wait_for(marker.exists, f"{marker.name} (a parked trial or a frozen driver)", timeout_s=600, alive=proc)
 
 
 def test_resume_after_killed_driver(ray_address, store, tmp_path):
@@ -348,23 +347,22 @@ def test_resume_after_killed_driver(ray_address, store, tmp_path):
               {"after": 3, "marker": str(m2), "release": str(tmp_path / "never")}]
     frozen = tmp_path / "frozen"
     # TUNE_GLOBAL_CHECKPOINT_S=0: Tune saves its experiment state at every step
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TUNE_GLOBAL_CHECKPOINT_S": "0",
-           FAULTS_ENV: json.dumps({"blocks": blocks, "freeze_driver": {"when": str(m2), "frozen": str(frozen)}})}
+    env = faults.env({"blocks": blocks, "freeze_driver": {"when": str(m2), "frozen": str(frozen)}},
+                     TUNE_GLOBAL_CHECKPOINT_S="0")
     proc = subprocess.Popen([sys.executable, "-m", "pace.cli", "sweep", str(path), "--address", ray_address],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     exp = tmp_path / "ray_results" / "resume"
     try:
         _wait(m1, proc)  # session 1 reported (checkpoint_000000), t000 parked after session 2
-        lagging = {}
-        while not lagging:  # a whole state file (read while Tune may be rewriting it) naming that checkpoint
-            assert proc.poll() is None
-            time.sleep(0.1)
+
+        def whole_state() -> dict:  # a whole state file (read while Tune may be rewriting it) naming that checkpoint
             snap = {p: p.read_bytes() for p in exp.glob("experiment_state-*.json")}
             try:
-                if snap and all(json.loads(b) for b in snap.values()) and _checkpointed(exp):
-                    lagging = snap
+                return snap if snap and all(json.loads(b) for b in snap.values()) and _checkpointed(exp) else {}
             except ValueError:
-                pass
+                return {}
+
+        lagging = wait_for(whole_state, "Tune's saved state naming the first checkpoint", alive=proc)
         r1.touch()
     finally:  # then: session 2 reported (checkpoint_000001), parked after session 3, the driver frozen
         _kill_frozen(proc, exp, frozen)
@@ -424,7 +422,7 @@ def test_shipped_specs_validate():
     spec, base, note = load_sweep_spec(REPO / "sweeps" / "quickstart.yaml")
     assert spec.samples == 6 and spec.max_concurrent == 2 and base["scenario"]["val_fraction"] > 0
     assert note.startswith("backbone: ") and base["backbone"]["name"] in ("whisper-tiny", "logmel-stats")
-    from pace.specs import load_ablation_spec
+    from pace.study.spec import load_ablation_spec
 
     spec, base, _, trials = load_ablation_spec(REPO / "sweeps" / "paper_table2.yaml")
     assert len(trials) == len(spec.variants) * 6 * 3 and spec.resources.gpu == 1
@@ -439,8 +437,7 @@ def test_ctrl_c_leaves_no_run_running(ray_address, store, tmp_path):
                        search={"method.lr": {"type": "log", "low": 1e-3, "high": 0.3}})
     path = _write(tmp_path / "c.yaml", spec)
     parked = tmp_path / "parked"
-    faults = {"blocks": [{"after": 2, "marker": str(parked), "release": str(tmp_path / "never")}]}
-    env = {**os.environ, FAULTS_ENV: json.dumps(faults), "PYTHONPATH": str(REPO)}
+    env = faults.env({"blocks": [{"after": 2, "marker": str(parked), "release": str(tmp_path / "never")}]})
     proc = subprocess.Popen([sys.executable, "-m", "pace.cli", "sweep", str(path), "--address", ray_address],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     _wait(parked, proc)
@@ -493,10 +490,9 @@ def test_killed_asha_sweep_resumes_with_the_same_decisions(ray_address, store, t
 
     blocked, frozen = tmp_path / "blocked", tmp_path / "frozen"
     # TUNE_GLOBAL_CHECKPOINT_S=0: the saved state knows every trial so far (a lag is the other test's case)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TUNE_GLOBAL_CHECKPOINT_S": "0",
-           FAULTS_ENV: json.dumps({"blocks": [{"trial": "t002", "after": 1, "marker": str(blocked),
-                                               "release": str(tmp_path / "never")}],
-                                   "freeze_driver": {"when": str(blocked), "frozen": str(frozen)}})}
+    env = faults.env({"blocks": [{"trial": "t002", "after": 1, "marker": str(blocked),
+                                  "release": str(tmp_path / "never")}],
+                      "freeze_driver": {"when": str(blocked), "frozen": str(frozen)}}, TUNE_GLOBAL_CHECKPOINT_S="0")
     proc = subprocess.Popen([sys.executable, "-m", "pace.cli", "sweep", str(path), "--address", ray_address],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     exp = tmp_path / "ray_results" / "asha"
@@ -558,8 +554,8 @@ def _outage_study(server, ray_address: str, tmp_path: Path) -> None:
                        search={"method.lr": {"type": "log", "low": 1e-3, "high": 0.3}})
     path = _write(tmp_path / "o.yaml", spec)
     parked, release = tmp_path / "parked", tmp_path / "release"
-    faults = {"blocks": [{"after": 1, "marker": str(parked), "release": str(release)}]}
-    env = {**os.environ, FAULTS_ENV: json.dumps(faults), "PYTHONPATH": str(REPO), "PACE_TRACKING_FLUSH_S": "2"}
+    env = faults.env({"blocks": [{"after": 1, "marker": str(parked), "release": str(release)}]},
+                     PACE_TRACKING_FLUSH_S="2")
     proc = subprocess.Popen([sys.executable, "-m", "pace.cli", "sweep", str(path), "--address", ray_address],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
@@ -612,3 +608,116 @@ def test_bad_options_resources_and_data_fail_before_any_trial(ray_address, tmp_p
     err = capsys.readouterr().err.strip()
     assert err.startswith("pace: error:") and "variant=three" in err and "4 classes do not split into 3" in err
     assert not (tmp_path / "ray_results").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry points: resume during an outage, the commands messages name, joining a cluster
+
+
+def _hint(err: str) -> list[str]:
+    """The arguments of the `pace ...` command an error message names."""
+    found = re.search(r"`pace ([^`]+)`", err)
+    assert found, err
+    return shlex.split(found.group(1))
+
+
+def test_resume_messages_name_commands_the_parser_knows(ray_address, tmp_path, capsys):
+    """Nothing there yet, then a driver killed before Tune's first save: each --resume refusal names a
+    command that parses as the same study's command, and the second one starts the study over."""
+    spec = {"name": "early", "base": BASE, "objective": "last_accuracy", "variants": {"joint": {}}, "seeds": [0],
+            "track": False, "storage_path": str(tmp_path / "ray_results")}
+    path = _write(tmp_path / "a.yaml", spec)
+    assert main(["ablate", str(path), "--resume"]) == 2
+    args = build_parser().parse_args(_hint(capsys.readouterr().err))
+    assert (args.func.__name__, args.spec, args.resume, args.fresh) == ("cmd_ablate", str(path), False, False)
+
+    when, frozen = tmp_path / "now", tmp_path / "frozen"
+    when.touch()  # the driver parks at Tune's first step, before Tune has saved anything
+    proc = subprocess.Popen([sys.executable, "-m", "pace.cli", "ablate", str(path), "--address", ray_address],
+                            cwd=tmp_path, env=faults.env({"freeze_driver": {"when": str(when), "frozen": str(frozen)}}),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        _wait(frozen, proc)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    exp = tmp_path / "ray_results" / "early"
+    assert (exp / "pace_study.json").is_file() and not list(exp.glob("experiment_state-*.json"))
+    assert main(["ablate", str(path), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "before Tune saved its first state" in err
+    hint = _hint(err)
+    args = build_parser().parse_args(hint)
+    assert (args.func.__name__, args.spec, args.fresh) == ("cmd_ablate", str(path), True)
+    assert main(hint) == 0
+
+
+def test_joining_a_cluster_that_does_not_answer_ends_at_its_deadline(tmp_path):
+    """--address where nothing listens: one error line naming the address and what to check, once
+    --connect-timeout has passed (not Ray's minutes of retries); nothing is left behind."""
+    from test_study_faults import _free_port
+
+    path = _write(tmp_path / "s.yaml", _sweep_spec(tmp_path, "far"))
+    address = f"127.0.0.1:{_free_port()}"
+    proc = subprocess.run([sys.executable, "-m", "pace.cli", "sweep", str(path), "--address", address,
+                           "--connect-timeout", "1"], cwd=tmp_path, env=faults.env(), capture_output=True,
+                          text=True, timeout=600)  # a safety net only: the deadline under test is 1 s
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr[-3000:]
+    assert lines[0].startswith(f"pace: error: --address {address}: no Ray cluster answered at ")
+    assert "within 1 s" in lines[0] and "ray status" in lines[0] and "--connect-timeout" in lines[0]
+    assert not (tmp_path / "ray_results").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.slow
+def test_resume_during_a_tracking_outage_goes_on_with_the_journal(ray_address, tmp_path, monkeypatch):
+    """An ablation interrupted (Ctrl-C) while its tracking server was up, resumed while the server is
+    down: the resume says so, finishes every trial, keeps the writes in the study's journal, and
+    `pace tracking sync` sends them once the server is back: every run FINISHED, steps once each."""
+    from test_study_faults import MlflowServer
+
+    server = MlflowServer(tmp_path / "server")
+    server.start()
+    try:
+        _resume_during_outage(server, ray_address, tmp_path, monkeypatch)
+    finally:
+        server.stop()  # also when an assertion failed: no server left behind
+
+
+def _resume_during_outage(server, ray_address: str, tmp_path: Path, monkeypatch) -> None:
+    spec = {"name": "outage-resume", "base": BASE, "objective": "last_accuracy",
+            "variants": {"a": {}, "b": {"method.epochs": 10}}, "seeds": [0], "max_concurrent": 1,
+            "storage_path": str(tmp_path / "ray_results"), "tracking_uri": server.uri}
+    path = _write(tmp_path / "o.yaml", spec)
+    parked = tmp_path / "parked"
+    env = faults.env({"blocks": [{"after": 2, "marker": str(parked), "release": str(tmp_path / "never")}]})
+    proc = subprocess.Popen([sys.executable, "-m", "pace.cli", "ablate", str(path), "--address", ray_address],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        _wait(parked, proc)
+        proc.send_signal(signal.SIGINT)
+        out = proc.communicate(timeout=600)[0].decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out[-3000:]
+
+    server.down()
+    monkeypatch.setenv("PACE_TRACKING_FLUSH_S", "2")  # the server stays down: do not wait a minute for it
+    lines: list[str] = []
+    res = run_study("ablation", str(path), StudyOptions(resume=True), out=lines.append)
+    text = "\n".join(lines)
+    assert not res.interrupted and res.num_errors == 0 and len(res.rows) == 2, text
+    assert all(r["status"] == "finished" and r["sessions"] == "3/3" for r in res.rows), text
+    exp = tmp_path / "ray_results" / "outage-resume"
+    assert f"tracking: server {server.uri} is unreachable" in text and "resuming anyway" in text
+    assert str(exp / "tracking-journal") in text and "did not answer" in text
+
+    server.up()
+    assert main(["tracking", "sync", str(exp)]) == 0
+    c, parents, children = _runs(server.uri, "outage-resume")
+    assert [p.info.status for p in parents] == ["FINISHED"]
+    assert len(children) == 2
+    for r in children:
+        assert r.info.status == "FINISHED" and _steps(c, r.info.run_id) == [0, 1, 2]

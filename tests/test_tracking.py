@@ -113,7 +113,7 @@ def test_study_summary_comes_from_finished_trials_once(sink):
     finishes again does not log it a second time."""
     from types import SimpleNamespace
 
-    from pace.sweep import _finish_parent
+    from pace.study.summary import finish_parent
 
     exp = sink.experiment("study-c")
     parent = sink.start_parent(exp, "study", {}, {})
@@ -122,8 +122,8 @@ def test_study_summary_comes_from_finished_trials_once(sink):
             for t, st, s, v in (("t0", "interrupted", "2/5", 90.0), ("t1", "finished", "5/5", 70.0),
                                 ("t2", "stopped early", "1/5", 95.0), ("t3", "finished", "5/5", 60.0))]
     spec = SimpleNamespace(objective="val_last_accuracy", mode="max", model_dump=lambda mode: {})
-    _finish_parent(sink, parent, rows, spec)
-    _finish_parent(sink, parent, rows, spec)  # interrupted, resumed, finished again
+    finish_parent(sink, parent, rows, spec)
+    finish_parent(sink, parent, rows, spec)  # interrupted, resumed, finished again
     hist = sink.client.get_metric_history(parent, "best_val_last_accuracy")
     assert [(m.step, m.value) for m in hist] == [(0, 70.0)]
     assert sink.client.get_run(parent).data.tags["pace.best_trial"] == "t1"

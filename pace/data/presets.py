@@ -136,7 +136,7 @@ def _rows(sessions: list[tuple[int, float, float, bool]]) -> list[list[str]]:
 
 
 def describe(name: str, root: str | Path | None = None, seeds: Seeds | None = None) -> str:
-    from pace.reporting import table
+    from pace.console import table
 
     p = get_preset(name)
     data, scen = preset_configs(name, root)
@@ -160,7 +160,7 @@ def describe(name: str, root: str | Path | None = None, seeds: Seeds | None = No
 
 
 def list_presets() -> str:
-    from pace.reporting import table
+    from pace.console import table
 
     rows = []
     for p in PRESETS.values():

@@ -22,7 +22,7 @@ from pace.methods.base import Split
 from pace.methods.stages import run_stage
 from pace.modes import evaluating  # noqa: F401  (the methods import it from here with the other parts)
 from pace.peft.lora import LoRAManager
-from pace.reporting import ProgressLine
+from pace.console import ProgressLine
 
 
 class LoRAConfig(Strict):

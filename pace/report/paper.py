@@ -488,7 +488,12 @@ def _places(g: dict[str, str], paper: PaperResults) -> tuple[list[_Place], str, 
     if ds is None and tag is not None:  # no params: the tag names a benchmark, a proxy or dataset[-label]
         t = _norm(tag)
         if t in paper.benchmarks:
-            return [_Place(t, [])], "", ["data.dataset", "scenario.num_sessions"]
+            b = paper.benchmarks[t]
+            if n is None:
+                return [_Place(t, [])], "", ["data.dataset", "scenario.num_sessions"]
+            # a logged session count is checked even when the data set is known only by its tag
+            differs = [] if _satisfies(n, b.num_sessions) else [f"scenario.num_sessions {n} ≠ {b.num_sessions}"]
+            return [_Place(t, differs)], "", ["data.dataset"]
         if t in paper.proxies:
             return _proxy_places(paper, paper.proxies[t], tag), "", []
         for b in paper.benchmarks.values():

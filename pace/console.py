@@ -1,4 +1,5 @@
-"""Console output for runs: a line per session and the final metrics as a table."""
+"""Console output: a run's line per session and final-metrics table, plain-text tables, progress lines
+of long loops and a sweep's best-trial line."""
 
 from __future__ import annotations
 
