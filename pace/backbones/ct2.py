@@ -15,6 +15,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -45,7 +46,7 @@ class Ct2Model:
 class _Cursor:
     """Sequential reader over the file bytes that turns any overrun into a ValueError naming the file."""
 
-    def __init__(self, data: bytes, path: Path):
+    def __init__(self, data: bytes | memoryview, path: str | Path):
         self.data = data
         self.path = path
         self.pos = 0
@@ -102,7 +103,29 @@ def read_ct2_model(path: str | Path) -> Ct2Model:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: CTranslate2 model file not found")
-    cur = _Cursor(path.read_bytes(), path)
+    return _parse(_Cursor(path.read_bytes(), path))
+
+
+def read_ct2_parts(paths: Sequence[str | Path]) -> Ct2Model:
+    """Parse a model.bin that was cut into pieces (e.g. to fit a package index's size limit), joined in
+    order in memory: no joined copy is written to disk."""
+    paths = [Path(p) for p in paths]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise ValueError(f"CTranslate2 model file part(s) not found: {', '.join(missing)}")
+    sizes = [p.stat().st_size for p in paths]
+    buf = memoryview(bytearray(sum(sizes)))
+    pos = 0
+    for p, size in zip(paths, sizes):
+        with p.open("rb") as f:
+            got = f.readinto(buf[pos:pos + size])
+        if got != size:
+            raise ValueError(f"{p}: read {got} of its {size} bytes")
+        pos += size
+    return _parse(_Cursor(buf.toreadonly(), " + ".join(str(p) for p in paths)))
+
+
+def _parse(cur: _Cursor) -> Ct2Model:
     version = cur.unpack("I", "binary version")
     if version != SUPPORTED_VERSION:
         raise cur.fail(f"binary version {version}, this reader supports version {SUPPORTED_VERSION} only")

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pace.backbones.base import Backbone, BackboneOutput
+from pace.backbones.checkpoints import resolve_checkpoint
 from pace.backbones.registry import BackboneSpec, register
 from pace.data.frontend import FbankFrontend
 
@@ -242,7 +243,7 @@ class EATEncoder(Backbone):
         return self.blocks[b]
 
     def prompt_attention(self, b: int):
-        from pace.peft.prompts import AttentionSite
+        from pace.backbones.prompting import AttentionSite
 
         attn = self.blocks[b].attn
         return AttentionSite(module=attn, project=lambda x: attn.qkv(x).chunk(3, dim=-1), out=attn.proj,
@@ -298,23 +299,16 @@ def _check_frontend(cfg: EATConfig, frontend: FbankFrontend) -> None:
 # Reading checkpoint files
 
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(/.+)?$")
 _DIR_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+_HOW_TO_GET = ("Download the weights on a machine with access (e.g. `hf download {repo}`) and set "
+               "backbone.checkpoint to the local model.safetensors / .pt file or its folder.")
 
 
-def resolve_checkpoint(spec: str | Path, cache_dir: str | Path | None = None) -> Path:
-    """A local file, a folder holding an HF release, or a hub id found in the local HF cache.
-
-    Hub ids (``owner/name`` or ``owner/name/file``) are looked up offline only; nothing is downloaded.
-    """
-    path = Path(spec).expanduser()
-    if path.is_file():
-        return path
-    if path.is_dir():
-        return _weights_in_dir(path)
-    if isinstance(spec, str) and _HUB_ID.match(spec):
-        return _from_hf_cache(spec, cache_dir)
-    raise FileNotFoundError(f"EAT checkpoint {str(spec)!r}: no such file or folder")
+def checkpoint_file(spec: str | Path, cache_dir: str | Path | None = None) -> Path:
+    """The weight file a checkpoint setting names: a file, a folder holding an HF release or one .pt
+    file, or a hub id found in the local HF cache (pace.backbones.checkpoints; nothing is downloaded)."""
+    path = resolve_checkpoint(spec, _HOW_TO_GET, what="EAT checkpoint", cache_dir=cache_dir)
+    return _weights_in_dir(path) if path.is_dir() else path
 
 
 def _weights_in_dir(folder: Path) -> Path:
@@ -329,30 +323,6 @@ def _weights_in_dir(folder: Path) -> Path:
         f"{folder}: expected one of {', '.join(_DIR_FILES)} or a single .pt file; found {found}. "
         "Pass the weight file itself as backbone.checkpoint."
     )
-
-
-def _from_hf_cache(spec: str, cache_dir: str | Path | None) -> Path:
-    from huggingface_hub import snapshot_download, try_to_load_from_cache
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    owner, name, *rest = spec.split("/", 2)
-    repo = f"{owner}/{name}"
-    hint = (
-        f"{spec!r} is neither a local file or folder nor in the local Hugging Face cache, and this "
-        "project never downloads. "
-        "Download the weights on a machine with access (e.g. `hf download " + repo + "`) and set "
-        "backbone.checkpoint to the local model.safetensors / .pt file or its folder."
-    )
-    if rest:
-        found = try_to_load_from_cache(repo, rest[0], cache_dir=cache_dir)
-        if not isinstance(found, str):  # None or the "known missing" sentinel
-            raise FileNotFoundError(hint)
-        return Path(found)
-    try:
-        folder = snapshot_download(repo, local_files_only=True, cache_dir=cache_dir)
-    except LocalEntryNotFoundError as exc:
-        raise FileNotFoundError(hint) from exc
-    return _weights_in_dir(Path(folder))
 
 
 class _Unread:
@@ -572,7 +542,7 @@ def load_eat_weights(
     model: EATEncoder, path_or_dir: str | Path, cache_dir: str | Path | None = None
 ) -> LoadReport:
     """Load an official EAT/SSLAM checkpoint (HF or fairseq layout) into ``model``, strictly."""
-    path = resolve_checkpoint(path_or_dir, cache_dir)
+    path = checkpoint_file(path_or_dir, cache_dir)
     mapped, report = map_state_dict(read_state_dict(path))
     check_strict(model, mapped, report.origin)
     if POSITIONS_KEY in mapped:
@@ -645,7 +615,7 @@ __all__ = [
     "EATEncoder",
     "LoadReport",
     "load_eat_weights",
-    "resolve_checkpoint",
+    "checkpoint_file",
     "sincos_positions",
     "torch_load_weights_only",
 ]

@@ -53,6 +53,7 @@ import torch
 from torch import nn
 
 from pace.backbones.base import Backbone, BackboneOutput
+from pace.backbones.checkpoints import resolve_checkpoint
 from pace.backbones.registry import BackboneSpec, register
 from pace.data.frontend import FbankFrontend, WaveformFrontend, _key, pad_or_crop
 
@@ -250,7 +251,7 @@ class HFAudioBackbone(Backbone):
         return self.model.get_submodule(self.block_names[b])
 
     def prompt_attention(self, b: int):
-        from pace.peft.prompts import hf_attention_site
+        from pace.backbones.prompting import hf_attention_site
 
         attn = self.family.roles["q"].rpartition(".")[0]
         return hf_attention_site(self.model.get_submodule(f"{self.block_names[b]}.{attn}"))
@@ -314,7 +315,7 @@ def build_hf(family: Family, cfg, tiny: bool = False) -> HFAudioBackbone:
         if "size" in cfg.options:
             raise ValueError(f"{family.name}: backbone.options.size conflicts with backbone.checkpoint "
                              "(the checkpoint's config decides the size)")
-        folder = resolve_checkpoint(cfg.checkpoint, family)
+        folder = _checkpoint_folder(cfg.checkpoint, family)
         model, preproc, source = _load(family, folder), _read_json(folder, "preprocessor_config.json"), folder
     else:
         model, preproc = _random_init(family, cfg, size == "tiny", seed), {}
@@ -356,25 +357,12 @@ def _transformers_attr(name: str):
     return getattr(transformers, name)
 
 
-def resolve_checkpoint(checkpoint: str, family: Family) -> str:
-    """A local folder as is; otherwise a hub id looked up only in the local HF cache (never downloaded)."""
-    path = os.path.expanduser(checkpoint)
-    if os.path.isdir(path):
-        return os.path.abspath(path)
-    if os.path.exists(path):
-        raise ValueError(f"backbone.checkpoint {checkpoint!r} is a file; {family.name} needs a folder with "
-                         "config.json and model.safetensors (from save_pretrained)")
-    from huggingface_hub import snapshot_download
-
-    try:
-        return snapshot_download(checkpoint, local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise FileNotFoundError(
-            f"backbone.checkpoint {checkpoint!r} is neither a local folder nor in the local Hugging Face "
-            f"cache, and pace never downloads. On a machine with network access run e.g. "
-            f"`huggingface-cli download {family.example} --local-dir DIR` (or save_pretrained(DIR)), "
-            f"copy DIR here and set backbone.checkpoint: DIR"
-        ) from exc
+def _checkpoint_folder(checkpoint: str, family: Family) -> str:
+    """The save_pretrained folder backbone.checkpoint names (a hub id: only from the local HF cache)."""
+    how = (f"On a machine with network access run e.g. `huggingface-cli download {family.example} --local-dir "
+           "DIR` (or save_pretrained(DIR)), copy DIR here and set backbone.checkpoint: DIR")
+    need = f"{family.name} needs a folder with config.json and model.safetensors (from save_pretrained)"
+    return os.path.abspath(resolve_checkpoint(checkpoint, how, need_folder=need))
 
 
 def _load(family: Family, folder: str) -> nn.Module:
