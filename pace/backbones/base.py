@@ -64,7 +64,7 @@ class Backbone(nn.Module, ABC):
 
     has_cls: bool = False
 
-    #: whether forward_prompted works (prompt and prefix tuning, pace.peft.prompts)
+    #: whether forward_prompted works (prompt and prefix tuning, pace.backbones.prompting)
     supports_prompts: bool = False
 
     def prompt_block(self, b: int) -> nn.Module:
@@ -72,7 +72,7 @@ class Backbone(nn.Module, ABC):
         raise NotImplementedError
 
     def prompt_attention(self, b: int):
-        """Block b's self-attention as a ``pace.peft.prompts.AttentionSite`` (for prefix tuning)."""
+        """Block b's self-attention as a ``pace.backbones.prompting.AttentionSite`` (for prefix tuning)."""
         raise NotImplementedError
 
     def final_tokens(self, x: torch.Tensor) -> torch.Tensor:
@@ -80,10 +80,10 @@ class Backbone(nn.Module, ABC):
         raise NotImplementedError
 
     def forward_prompted(self, x: torch.Tensor, prompts) -> BackboneOutput:
-        """Forward with ``prompts`` (a ``pace.peft.prompts.Prompts``) injected; the backbone's weights are
+        """Forward with ``prompts`` (a ``pace.backbones.prompting.Prompts``) injected; the backbone's weights are
         used, never changed. ``pooled`` pools the input's own tokens (prompt tokens stripped) exactly as
         ``forward`` does; ``prompt_tokens`` are the prompt tokens' final states. No hidden states."""
-        from pace.peft.prompts import prompt_hooks
+        from pace.backbones.prompting import prompt_hooks
 
         if not self.supports_prompts:
             raise ValueError(f"backbone {self.name!r} does not support prompt or prefix tuning")

@@ -31,7 +31,8 @@ from pydantic import Field
 from pace.config import MethodConfig
 from pace.methods.base import Session, register_method
 from pace.methods.prompt_base import BLOCKS_DOC, OFFICIAL_BLOCKS, PromptLearner, PromptTrainConfig, place_blocks
-from pace.peft.prompts import Prompts, gram_schmidt, ortho_penalty
+from pace.backbones.prompting import Prompts
+from pace.peft.prompts import gram_schmidt, ortho_penalty
 
 
 class CODAPromptConfig(MethodConfig):

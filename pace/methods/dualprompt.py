@@ -34,7 +34,8 @@ from pydantic import Field
 from pace.config import MethodConfig
 from pace.methods.base import Session, register_method
 from pace.methods.prompt_base import PromptLearner, PromptTrainConfig, expand_batch, place_blocks
-from pace.peft.prompts import Prompts, cosine_matrix, uniform_
+from pace.backbones.prompting import Prompts
+from pace.peft.prompts import cosine_matrix, uniform_
 
 
 class DualPromptConfig(MethodConfig):

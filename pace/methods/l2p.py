@@ -29,7 +29,8 @@ from pydantic import Field
 from pace.config import MethodConfig
 from pace.methods.base import Session, register_method
 from pace.methods.prompt_base import PromptLearner, PromptTrainConfig
-from pace.peft.prompts import Prompts, select_top_k, uniform_
+from pace.backbones.prompting import Prompts
+from pace.peft.prompts import select_top_k, uniform_
 
 
 class L2PConfig(MethodConfig):

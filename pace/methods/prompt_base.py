@@ -27,7 +27,8 @@ from pace.heads.linear import LinearHead
 from pace.methods.base import Learner, Session, Split
 from pace.methods.common import batch_embeddings, split_embeddings
 from pace.methods.parts import freeze_backbone
-from pace.peft.prompts import Prompts, masked_logits, uniform_
+from pace.backbones.prompting import Prompts
+from pace.peft.prompts import masked_logits, uniform_
 
 
 class PromptTrainConfig(Strict):
