@@ -117,7 +117,8 @@ class _AttentionMatmuls(TorchFunctionMode):
             self.flops += 2 * batch * lq * lk * e + 2 * batch * lq * lk * ev
         elif func in self._MATMULS and len(args) >= 2 and args[0].dim() >= 2 and args[1].dim() >= 2:
             a, b = args[0], args[1]
-            self.flops += 2 * _prod(torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])) * a.shape[-2] * a.shape[-1] * b.shape[-1]
+            batch = _prod(torch.broadcast_shapes(a.shape[:-2], b.shape[:-2]))
+            self.flops += 2 * batch * a.shape[-2] * a.shape[-1] * b.shape[-1]
         return func(*args, **kwargs)
 
 

@@ -110,7 +110,8 @@ def head_agreement(sz: Sizes) -> None:
                 dev = clf.head.device
                 clf.fit_session(z.to(dev), y.to(dev), 2 * t + 2, torch.Generator().manual_seed(t))
         cpu, gpu = (clf.logits(z_test.to(clf.head.device)).cpu() for clf in clfs)
-        print(f"agreement: analytic head {form}, GPU vs CPU logits rel. err {float((gpu - cpu).norm() / cpu.norm()):.1e}, "
+        rel = float((gpu - cpu).norm() / cpu.norm())
+        print(f"agreement: analytic head {form}, GPU vs CPU logits rel. err {rel:.1e}, "
               f"same argmax {bool(torch.equal(gpu.argmax(1), cpu.argmax(1)))}, lam CPU {clfs[0].last_lam:g} GPU "
               f"{clfs[1].last_lam:g}, dtype {clfs[1].head.G.dtype if form == 'gram' else clfs[1].head.R.dtype}")
 

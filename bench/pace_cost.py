@@ -61,7 +61,7 @@ def main() -> None:
         print(f"{name:12s} learner {final['total_time_s']:8.1f} s   last acc {final['last_accuracy']:6.2f}", flush=True)
     ref = out["ranpac_fsa"][1]["total_time_s"]
     print()
-    for name, (runner, final) in out.items():
+    for name, (_, final) in out.items():
         print(f"{name:12s} / ranpac_fsa = {final['total_time_s'] / ref:6.2f}x")
     runner = out["pace"][0]
     times = [r.time_s for r in runner.results]

@@ -68,7 +68,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--spec", default=str(REPO / "ablations" / "table4_components.yaml"))
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--sessions", type=int, default=None, help="N sessions of 2 classes (the first 2N of the class order) instead of the spec's")
+    ap.add_argument("--sessions", type=int, default=None,
+                    help="N sessions of 2 classes (the first 2N of the class order) instead of the spec's")
     ap.add_argument("--work", default=None, help="folder for caches, stores and logs (default: a temp dir)")
     args = ap.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="pace-reuse-"))

@@ -10,12 +10,13 @@
 generated 768-d embeddings), through ``AnalyticClassifier.fit_session`` exactly as RanPAC / PACE call
 it, on the trial's device (``--device auto``: the GPU when present), statistics in float64. Forms:
 ``gram`` = Gram form with per-session ridge selection (RanPAC's default), ``recursive`` = Woodbury form
-at a fixed lam. Prints per-session times, the total per form, and the ratio of the mean of the last
-20 sessions to the first 20 (wall and process CPU time; on a shared CPU the CPU time is the
-steadier measure, on a GPU only wall time means anything). The Gram form's per-session cost is one M x M Cholesky whatever the
-history, so by default only its first and last ``--gram-window`` sessions solve; the sessions between
-only accumulate (G, C) (the statistics a solve depends on are then exactly those of a full run) and
-its total is extrapolated from the solved sessions; ``--gram-window 0`` solves every session.
+at a fixed lam. Prints per-session times, the total per form, and the ratio of the mean of the last 20
+sessions to the first 20 (wall and process CPU time; on a shared CPU the CPU time is the steadier
+measure, on a GPU only wall time means anything). The Gram form's per-session cost is one M x M Cholesky
+whatever the history, so by default only its first and last ``--gram-window`` sessions solve; the
+sessions between only accumulate (G, C) (the statistics a solve depends on are then exactly those of a
+full run) and its total is extrapolated from the solved sessions; ``--gram-window 0`` solves every
+session.
 
 ``rss``: peak RSS (``/usr/bin/time -v``) of ``pace run`` (SimpleCIL, logmel-stats backbone) on
 generated folders of one-second clips of each size, each in a fresh process and a fresh cache
@@ -209,7 +210,8 @@ def checkpoint_bench(args: argparse.Namespace) -> None:
         runner.run(resume=False)
         wall = time.perf_counter() - start
         out[every] = (wall, runner)
-        print(f"  checkpoint_every={every!s:5s} wall {wall:7.1f} s, learner {sum(r.time_s for r in runner.results):6.1f} s, "
+        learner = sum(r.time_s for r in runner.results)
+        print(f"  checkpoint_every={every!s:5s} wall {wall:7.1f} s, learner {learner:6.1f} s, "
               f"{runner.writes:3d} checkpoints written in {runner.write_s:6.1f} s", flush=True)
     same = (work / "every-1" / "accuracy_matrix.csv").read_bytes() == \
         (work / "every-auto" / "accuracy_matrix.csv").read_bytes()

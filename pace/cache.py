@@ -10,7 +10,6 @@ removed and recomputed. A missing entry is computed by one process while concurr
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import tempfile
 import warnings

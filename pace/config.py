@@ -12,7 +12,7 @@ import copy
 import re
 import typing
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator,
@@ -74,8 +74,7 @@ class DataConfig(Strict):
     dataset: str = "synthetic"
     #: dataset root (fsdd, folder) or CSV file (manifest); fsdd defaults to $PACE_FSDD_ROOT or ../shared
     root: str | None = None
-    #: label to learn. fsdd: digit | speaker | digit_speaker; synthetic: coarse | fine;
-    #: timit: speaker | dialect; drumkits: kit_instrument | instrument; vocalset: technique | technique_all | singer; nsynth: family | instrument | source
+    #: label to learn; each data set's labels (the first is its default) are listed by ``pace data list``
     label: str | None = None
     #: named subset. esc50: esc10; nsynth: nonvocal | acoustic | electronic | synthetic (join with '+')
     subset: str | None = None

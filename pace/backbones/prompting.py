@@ -89,7 +89,7 @@ def prefix_attention(site: AttentionSite, x: torch.Tensor, pk: torch.Tensor, pv:
 def hf_attention_site(module: nn.Module) -> AttentionSite:
     """transformers' attention modules (Whisper, AST, wav2vec2 family): q/k/v projections, an output
     projection (``out_proj`` or ``o_proj``), ``head_dim`` and ``scaling``; they return (out, weights)."""
-    out = getattr(module, "out_proj", None) or getattr(module, "o_proj")
+    out = getattr(module, "out_proj", None) or module.o_proj
     return AttentionSite(
         module=module,
         project=lambda x: (module.q_proj(x), module.k_proj(x), module.v_proj(x)),

@@ -15,9 +15,10 @@ frozen audio transformer.
 - Adam, lr 1e-3, cosine schedule, 20 epochs, no batch scaling, no clipping (official CIFAR config).
 
 Audio-forced changes and choices (config fields): by default ``blocks`` are the official 0..4 of a
-12-block ViT at the same relative depth (0..1 on Whisper tiny's 4 blocks; the FSDD configs set 0..3); the query on backbones without a CLS token is the mean-pooled
-embedding; components beyond the embedding width cannot all be orthogonal (Gram-Schmidt then keeps a
-random unit vector for the excess, where the official code would produce zeros).
+12-block ViT at the same relative depth (0..1 on Whisper tiny's 4 blocks; the FSDD configs set 0..3);
+the query on backbones without a CLS token is the mean-pooled embedding; components beyond the embedding
+width cannot all be orthogonal (Gram-Schmidt then keeps a random unit vector for the excess, where the
+official code would produce zeros).
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ class CODAPromptConfig(MethodConfig):
         epochs=20, lr=1e-3, scale_lr_by_batch=False, schedule="cosine", clip_grad=None))
 
 
-def coda_prompt(q: torch.Tensor, k: torch.Tensor, a: torch.Tensor, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def coda_prompt(q: torch.Tensor, k: torch.Tensor, a: torch.Tensor,
+                p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, D) query, (M, D) keys, (M, D) attention, (M, L, D) components -> ((B, L, D) prompt, (B, M) alpha)."""
     aq = F.normalize(q[:, None, :] * a[None], dim=2)  # (B, M, D)
     alpha = torch.einsum("bmd,md->bm", aq, F.normalize(k, dim=1))

@@ -59,7 +59,7 @@ from typing import Any, Iterator
 import torch
 import torch.nn.functional as F
 
-from pace.runfolder import strict as json_safe  # one strict-JSON rule for every file a run writes
+from pace.runfolder import strict as json_safe  # noqa: F401  (one strict-JSON rule for every file a run writes)
 
 INERT_DELTA_REL = 1e-3
 INERT_COSINE = 0.999

@@ -21,9 +21,10 @@ Inference: the TII head's top class over the seen classes names a session; that 
 prompts the backbone; the TAP head classifies the pooled embedding.
 
 Audio-forced changes and choices (config fields): by default ``blocks`` are the official 0..4 of a
-12-block ViT at the same relative depth (0..1 on Whisper tiny's 4 blocks); the query on backbones without a CLS token is the mean-pooled embedding; the TII head's
-structure ``[2]`` is read as Linear(D, 2D) - ReLU - Linear(2D, classes) (``tii_hidden_factor``); the
-"covariance" storage (``stats``) of the released scripts is the default ("variance" keeps diagonals).
+12-block ViT at the same relative depth (0..1 on Whisper tiny's 4 blocks); the query on backbones
+without a CLS token is the mean-pooled embedding; the TII head's structure ``[2]`` is read as Linear(D,
+2D) - ReLU - Linear(2D, classes) (``tii_hidden_factor``); the "covariance" storage (``stats``) of the
+released scripts is the default ("variance" keeps diagonals).
 """
 
 from __future__ import annotations

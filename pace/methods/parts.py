@@ -227,7 +227,7 @@ def train(backbone, head: nn.Module, split: Split, ctx, cfg: TrainConfig, *,
             if progress is not None:
                 loss_sum += loss.detach() * len(idx)
                 epoch_seen += len(idx)
-                progress.update(len(idx), lambda: f"loss {loss_sum.item() / epoch_seen:.4f}")
+                progress.update(len(idx), lambda s=loss_sum, n=epoch_seen: f"loss {s.item() / n:.4f}")
             if max_samples is not None and seen >= max_samples:
                 break
         if progress is not None and epoch_seen:

@@ -12,7 +12,8 @@ describes and runs it), on a frozen audio transformer.
 - Adam, lr 0.03 x batch/256, constant, 5 epochs, gradient norm 1 (HiDe repo S-Prompt++ config).
 
 Audio-forced changes and choices (config fields): by default ``blocks`` are the official 0..4 of a
-12-block ViT at the same relative depth (0..1 on Whisper tiny's 4 blocks); the query on backbones without a CLS token is the mean-pooled embedding. The HiDe repo's own
+12-block ViT at the same relative depth (0..1 on Whisper tiny's 4 blocks); the query on backbones
+without a CLS token is the mean-pooled embedding. The HiDe repo's own
 S-Prompt++ config instead learns a key per prompt with a pull constraint (that is ``dualprompt`` with
 ``g_blocks: []`` and ``e_blocks`` 0..4); the nearest-centroid keys follow the S-Prompts paper.
 """

@@ -16,8 +16,8 @@ declares downstream of the stage (``Learner.STAGE_DOWNSTREAM``), together with
 The entry holds what the stage produced (``save()`` of ``run_stage``), the diagnostics it wrote and
 the global RNG states after it; it is a checksummed cache entry (``pace.cache``), written once by one
 process while concurrent trials wait. After a load, the backbone's weight digest (frozen weights and
-LoRA) must equal the one the computing trial recorded. ``ctx.diagnostics["stage_reused_<stage>"]`` says per session whether the stage ran
-(0) or was loaded (1); the study summary counts them.
+LoRA) must equal the one the computing trial recorded. ``ctx.diagnostics["stage_reused_<stage>"]``
+says per session whether the stage ran (0) or was loaded (1); the study summary counts them.
 """
 
 from __future__ import annotations

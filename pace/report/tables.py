@@ -84,7 +84,7 @@ def build_table(cells: dict[tuple[tuple[str, ...], str], Cell], metric: str, cor
     base = grid[0] if baseline is not None else None
 
     text, short, records = [], [], []
-    for label, rk, row in zip(labels, row_keys, grid):
+    for label, row in zip(labels, grid):
         line = []
         for ck, c, b in zip(cols, row, base or [None] * len(cols)):
             s = fmt_cell(c)
