@@ -24,8 +24,15 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
         raise ValueError(f"CKA needs the same samples on both sides, got {x.shape[0]} and {y.shape[0]}")
     xc = _centre(x)
     yc = _centre(y)
-    cross = torch.linalg.matrix_norm(yc.T @ xc) ** 2
-    norm = torch.linalg.matrix_norm(xc.T @ xc) * torch.linalg.matrix_norm(yc.T @ yc)
+    if max(xc.shape[1], yc.shape[1]) > xc.shape[0]:
+        # wide features (e.g. a CNN block's flattened maps): the same value from the n x n Gram
+        # matrices, ||Yc^T Xc||_F^2 = <Xc Xc^T, Yc Yc^T>_F and ||Xc^T Xc||_F = ||Xc Xc^T||_F
+        kx, ky = xc @ xc.T, yc @ yc.T
+        cross = (kx * ky).sum()
+        norm = torch.linalg.matrix_norm(kx) * torch.linalg.matrix_norm(ky)
+    else:
+        cross = torch.linalg.matrix_norm(yc.T @ xc) ** 2
+        norm = torch.linalg.matrix_norm(xc.T @ xc) * torch.linalg.matrix_norm(yc.T @ yc)
     if norm <= 0:
         return float("nan")
     return float(cross / norm)

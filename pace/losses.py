@@ -69,11 +69,11 @@ def noise_views(x: torch.Tensor, n_views: int, generator: torch.Generator | None
     The SNR is in the feature domain: noise variance = mean(x^2) of the clip / 10^(snr_db/10),
     where x is the normalised fbank as given (not a waveform SNR).
     """
-    b, t, f = x.shape
-    power = x.detach().pow(2).mean(dim=(1, 2)).reshape(b, 1, 1, 1)
+    b, rest = x.shape[0], tuple(x.shape[1:])  # (T, F); waveforms (B, S) too, a true waveform SNR
+    power = x.detach().pow(2).mean(dim=tuple(range(1, x.dim()))).reshape(b, 1, *(1,) * len(rest))
     std = (power / 10.0 ** (snr_db / 10.0)).sqrt()
     gen_device = generator.device if generator is not None else x.device
-    noise = torch.randn((b, n_views, t, f), generator=generator, device=gen_device, dtype=x.dtype)
+    noise = torch.randn((b, n_views, *rest), generator=generator, device=gen_device, dtype=x.dtype)
     return x[:, None] + std * noise.to(x.device)
 
 
@@ -97,20 +97,64 @@ def mel_shift_views(x: torch.Tensor, n_views: int, generator: torch.Generator | 
     return torch.gather(x[:, None].expand(b, n_views, t, f), 3, index)
 
 
+def wave_mask_views(x: torch.Tensor, n_views: int, generator: torch.Generator | None = None,
+                    r_t: float = 0.2, r_f: float = 0.2, mask_value: float = 0.0) -> torch.Tensor:
+    """Waveforms (B, S) -> (B, V, S): ``mask_views`` for raw audio. Per view, one band of the clip's
+    spectrum (a contiguous run of rFFT bins, width uniform in [1, floor(r_f * bins)]) is removed, then
+    one time segment (width uniform in [1, floor(r_t * S)] samples) is set to ``mask_value`` (0 =
+    silence). ``r = 0`` disables that mask."""
+    b, s = x.shape
+    v = x[:, None].expand(b, n_views, s)
+    bins = s // 2 + 1
+    fmask = _band(bins, r_f, (b, n_views), generator, x.device)  # (B, V, bins)
+    if fmask.any():
+        spec = torch.fft.rfft(v.to(torch.float64), dim=-1).masked_fill(fmask, 0)
+        v = torch.fft.irfft(spec, n=s, dim=-1).to(x.dtype)
+    tmask = _band(s, r_t, (b, n_views), generator, x.device)  # (B, V, S)
+    return v.masked_fill(tmask, mask_value)
+
+
+def wave_pitch_views(x: torch.Tensor, n_views: int, generator: torch.Generator | None = None,
+                     max_shift: int = 4) -> torch.Tensor:
+    """Waveforms (B, S) -> (B, V, S): resampled by 2^(k/12), k uniform in ±[1, max_shift] semitones
+    (linear interpolation; tempo and formants move with the pitch, as in ``mel_shift_views``; the
+    end of a sped-up clip is zero)."""
+    if max_shift < 1:
+        raise ValueError(f"max_shift must be >= 1, got {max_shift}")
+    b, s = x.shape
+    u = (_rand((b, n_views), generator, x.device) * (2 * max_shift)).long().clamp_max(2 * max_shift - 1)
+    semitones = torch.where(u < max_shift, u - max_shift, u - max_shift + 1).to(torch.float64)
+    pos = torch.arange(s, device=x.device, dtype=torch.float64) * 2.0 ** (semitones[..., None] / 12.0)
+    lo = pos.floor().long()
+    frac = (pos - lo).to(x.dtype)
+    padded = F.pad(x, (0, 1))[:, None].expand(b, n_views, s + 1)
+    left = torch.gather(padded, 2, lo.clamp_max(s))
+    right = torch.gather(padded, 2, (lo + 1).clamp_max(s))
+    return torch.where(lo < s, left + frac * (right - left), torch.zeros((), dtype=x.dtype, device=x.device))
+
+
 def perturb(x: torch.Tensor, kind: PerturbKind = "mask", n_views: int = 20,
-            generator: torch.Generator | None = None, **options: Any) -> torch.Tensor:
-    """N_p perturbed views of each input: (B, T, F) -> (B, n_views, T, F).
+            generator: torch.Generator | None = None, *, waveform: bool = False, **options: Any) -> torch.Tensor:
+    """N_p perturbed views of each input: (B, T, F) -> (B, n_views, T, F); with ``waveform=True``,
+    raw-audio batches (B, S) -> (B, n_views, S) (``wave_mask_views``, ``noise_views``,
+    ``wave_pitch_views``, whose ``max_shift`` counts semitones instead of mel bins).
 
     ``kind``: ``"mask"`` (options r_t, r_f, mask_value; the paper's Q), ``"noise"`` (snr_db) or
     ``"pitch"`` (max_shift). All randomness comes from ``generator``, so a seeded generator gives
     the same views on every run; random numbers are drawn on the generator's device, so pass a
     generator on ``x``'s device to avoid a host-to-device copy of the noise.
     """
-    if x.dim() != 3:
-        raise ValueError(f"perturb expects (B, T, F) fbank batches, got shape {tuple(x.shape)}")
-    fns: dict[str, Callable[..., torch.Tensor]] = {
-        "mask": mask_views, "noise": noise_views, "pitch": mel_shift_views,
-    }
+    if waveform:  # the same three kinds on raw audio
+        if x.dim() != 2:
+            raise ValueError(f"perturb(waveform=True) expects (B, S) waveform batches, got shape {tuple(x.shape)}")
+        fns: dict[str, Callable[..., torch.Tensor]] = {
+            "mask": wave_mask_views, "noise": noise_views, "pitch": wave_pitch_views,
+        }
+    else:
+        if x.dim() != 3:
+            raise ValueError(f"perturb expects (B, T, F) fbank batches (or waveform=True for (B, S) waveforms), "
+                             f"got shape {tuple(x.shape)}")
+        fns = {"mask": mask_views, "noise": noise_views, "pitch": mel_shift_views}
     if kind not in fns:
         raise ValueError(f"perturbation kind must be one of {sorted(fns)}, got {kind!r}")
     return fns[kind](x, n_views, generator, **options)
@@ -132,6 +176,8 @@ class BoundarySet:
     candidates: torch.Tensor | None = None
     #: perturbed views passed through the model (N * n_views without the early decision)
     views_evaluated: int = 0
+    #: the perturbation kind the views were drawn with (a record for logs and tests)
+    kind: str = ""
 
     def __len__(self) -> int:
         return int(self.indices.numel())
@@ -195,7 +241,7 @@ def boundary_set(
     idx = torch.nonzero(error_rate > rho_p).flatten()
     all_points = torch.cat(feats)
     return BoundarySet(idx, all_points[idx.to(all_points.device)].detach(), y[idx.to(y.device)], error_rate,
-                       all_points.detach(), evaluated)
+                       all_points.detach(), evaluated, kind=kind)
 
 
 def _decide_early(model_fn, views: torch.Tensor, yb: torch.Tensor, rho_p: float,

@@ -48,6 +48,7 @@ from pydantic import Field
 
 from pace.analysis import block_features, linear_cka
 from pace.config import MethodConfig
+from pace.heads.linear import CosineHead
 from pace.losses import boundary_loss, boundary_set, perturb
 from pace.methods.base import Session, Split, register_method
 from pace.methods.common import EmbeddingLearner, split_embeddings
@@ -163,7 +164,10 @@ class PACE(EmbeddingLearner):
         self.cka: list[float] = []
         self.adapted_sessions: list[int] = []
         #: what ran, in order ("probe", "head_warmup:1", "lora:2", "projection:2", ...): the record that
-        #: each switch changed the computation, for logs and tests
+        #: each switch changed the computation, for logs and tests. Entries that record a decision read
+        #: it from what ran: "perturbation:1:mask" (the kind boundary_set drew views with),
+        #: "projected:2:complement:in_span=0.00" (share of the trained A inside the basis span),
+        #: "lora:1:...:head_lr=frozen" (the head's rate in LoRA training), "temp_head:1:linear"
         self.trace: list[str] = []
         #: projection_basis: memory; {layer: mean uncentred input covariance} over the clips of memory_n
         self.memory: dict[str, torch.Tensor] = {}
@@ -321,13 +325,18 @@ class PACE(EmbeddingLearner):
         else:
             head_lr = cfg.lr_head if cfg.head_strategy == "low_lr" else cfg.lr_backbone
         extra = self._boundary_term(session, head, offset) if cfg.boundary_loss and cfg.lambda_reg > 0 else None
-        self.trace.append(f"temp_head:{t + 1}:{cfg.temp_head}")
+        # recorded from what was built and passed to train(), not echoed from the config
+        self.trace.append(f"temp_head:{t + 1}:{'cosine' if isinstance(head, CosineHead) else 'linear'}")
         self.trace.append(f"lora:{t + 1}:blocks={self.adapter.blocks[0]}-{self.adapter.blocks[-1]}:"
-                          f"head={cfg.head_strategy}" + (":boundary" if extra else ""))
+                          f"head={cfg.head_strategy}:head_lr={'frozen' if head_lr is None else f'{head_lr:g}'}"
+                          + (":boundary" if extra else ""))
         try:
             train(bb, head, session.train, ctx, self._train_cfg(epochs, lr), backbone_params=params, head_lr=head_lr,
                   label_offset=offset, purpose=f"lora:{t}", extra_loss=extra,
                   after_step=projector.reproject if projector else None)
+            if projector is not None:
+                # what projection_mode did: the share of the new stack's A inside span(U), 1 onto, 0 complement
+                self.trace.append(f"projected:{t + 1}:{mode}:in_span={projector.span_fraction():.2f}")
         finally:
             if projector is not None:
                 projector.remove()
@@ -347,9 +356,11 @@ class PACE(EmbeddingLearner):
 
     def _perturb_options(self) -> dict:
         cfg = self.cfg
-        return {"mask": {"r_t": cfg.mask_ratio_time, "r_f": cfg.mask_ratio_freq},
+        opts = {"mask": {"r_t": cfg.mask_ratio_time, "r_f": cfg.mask_ratio_freq},
                 "noise": {"snr_db": cfg.noise_snr_db},
                 "pitch": {"max_shift": cfg.pitch_max_shift}}[cfg.perturbation]
+        # waveform backbones (CREPE, wav2vec2): pace.losses.perturb's raw-audio views
+        return {**opts, "waveform": True} if getattr(self.backbone.frontend, "kind", "") == "waveform" else opts
 
     def _boundary_term(self, session: Session, head, offset: int):
         """Find boundary-prone samples with theta_temp (current model + head) and build Eq. 8's term."""
@@ -370,12 +381,14 @@ class PACE(EmbeddingLearner):
         ctx.count("forward_samples", bset.views_evaluated + len(split))
         centres = torch.stack([clean[y_local.to(clean.device) == c].mean(0) for c in range(len(session.classes))])
         self.trace.append(f"boundary:{session.index + 1}:{len(bset)}")
+        # the kind boundary_set drew its views with (the loss below draws the same kind)
+        self.trace.append(f"perturbation:{session.index + 1}:{bset.kind}")
         if len(bset) == 0:
             return None
         g = ctx.generator(f"boundary-views:{session.index}")
 
         def extra(feats, y, x, idx):
-            views = perturb(layout.to_tf(x), cfg.perturbation, cfg.loss_views, g, **self._perturb_options())
+            views = perturb(layout.to_tf(x), bset.kind, cfg.loss_views, g, **self._perturb_options())
             v = bb(layout.to_model(views.flatten(0, 1))).pooled.float().reshape(len(x), cfg.loss_views, -1)
             loss = boundary_loss(v, y, feats, bset.points.to(feats.device), centres.to(feats.device),
                                  delta=cfg.delta, normalize=cfg.normalize_features, anchor_index=idx,
@@ -417,8 +430,5 @@ class _Layout:
 
 
 def _fbank_layout(backbone) -> _Layout:
-    kind = getattr(backbone.frontend, "kind", "")
-    if kind == "waveform":
-        raise ValueError("the boundary-aware loss perturbs spectrograms; backbone "
-                         f"{backbone.name!r} takes waveforms (set method.boundary_loss: false)")
+    # waveform inputs (B, S) pass through unchanged (perturbed with waveform=True, see _perturb_options)
     return _Layout(freq_first=bool(getattr(backbone.frontend, "freq_first", False)))

@@ -40,10 +40,14 @@ MODES = ("normal", "subtracted")
 class LoRALinear(nn.Module):
     """A frozen ``nn.Linear`` plus per-session low-rank updates (see module docstring)."""
 
+    #: the layer types this wrapper takes (``pace.peft.lora_conv.LoRAConv`` takes convolutions)
+    base_types: tuple[type[nn.Module], ...] = (nn.Linear,)
+
     def __init__(self, base: nn.Linear):
         super().__init__()
-        if not isinstance(base, nn.Linear):
-            raise TypeError(f"LoRALinear wraps nn.Linear, got {type(base).__name__}")
+        if not isinstance(base, self.base_types):
+            names = " or ".join(f"nn.{t.__name__}" for t in self.base_types)
+            raise TypeError(f"{type(self).__name__} wraps {names}, got {type(base).__name__}")
         # Remember the base's flags so ``LoRAManager.restore`` can hand the layer back unchanged.
         self._base_requires_grad = [p.requires_grad for p in base.parameters()]
         base.requires_grad_(False)
@@ -141,7 +145,7 @@ class LoRALinear(nn.Module):
     def effective_weight(self, stacks: Sequence[int] | None = None) -> torch.Tensor:
         """W0 plus ``stacks`` (default: all) in the current mode (detached, base dtype)."""
         w = self.base.weight.detach()
-        return (w.double() + self.delta_weight(stacks)).to(w.dtype)
+        return (w.double() + self.delta_weight(stacks).reshape(w.shape)).to(w.dtype)
 
     @property
     def merged(self) -> bool:
@@ -178,18 +182,26 @@ class LoRALinear(nn.Module):
                 self._fold = (key, self.effective_weight(stacks))
         return self._fold[1]
 
+    def _base_map(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """The base layer's operation with ``weight`` in place of its own (subclasses: a conv)."""
+        return F.linear(x, weight, self.base.bias)
+
+    def _low_rank(self, x: torch.Tensor, s: int) -> torch.Tensor:
+        """Stack ``s``'s unscaled contribution B_s A_s x."""
+        return F.linear(F.linear(x, self.lora_A[s]), self.lora_B[s])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._merged_weight is not None:
-            return F.linear(x, self._merged_weight, self.base.bias)
+            return self._base_map(x, self._merged_weight)
         coefs = self._coefficients()
         # The newest stack stays a low-rank pair whether it trains or not, so freezing it does not
         # change a single output bit; all earlier ones are frozen and folded.
         newest = self.num_sessions - 1
         folded = [s for s in range(newest) if coefs[s] != 0.0]
         weight = self._folded(coefs, folded) if folded else self.base.weight
-        y = F.linear(x, weight, self.base.bias)
+        y = self._base_map(x, weight)
         if newest >= 0 and coefs[newest] != 0.0:
-            y = y + coefs[newest] * F.linear(F.linear(x, self.lora_A[newest]), self.lora_B[newest])
+            y = y + coefs[newest] * self._low_rank(x, newest)
         return y
 
     def forward_unfolded(self, x: torch.Tensor) -> torch.Tensor:
@@ -198,7 +210,7 @@ class LoRALinear(nn.Module):
         y = self.base(x)
         for s, c in enumerate(self._coefficients()):
             if c != 0.0:
-                y = y + c * F.linear(F.linear(x, self.lora_A[s]), self.lora_B[s])
+                y = y + c * self._low_rank(x, s)
         return y
 
     def extra_repr(self) -> str:
@@ -243,6 +255,23 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
+#: the LoRA wrapper for each kind of base layer; pace.peft.lora_conv adds Conv1d/Conv2d (the pace.peft
+#: package imports it, so it is registered whenever this module is in use)
+WRAPPERS: dict[type[nn.Module], type[LoRALinear]] = {nn.Linear: LoRALinear}
+
+
+def register_wrapper(base_type: type[nn.Module], wrapper: type[LoRALinear]) -> None:
+    WRAPPERS[base_type] = wrapper
+
+
+def _wrap(layer: nn.Module, name: str) -> LoRALinear:
+    for base_type, wrapper in WRAPPERS.items():
+        if isinstance(layer, base_type):
+            return wrapper(layer)
+    kinds = ", ".join(f"nn.{t.__name__}" for t in WRAPPERS)
+    raise TypeError(f"LoRA target {name!r} is {type(layer).__name__}, not {kinds}")
+
+
 class LoRAManager:
     """Wraps named linear layers of ``model`` in place and drives their LoRA sessions together.
 
@@ -259,9 +288,7 @@ class LoRAManager:
         for name in dict.fromkeys(target_names):  # keep order, drop duplicates (fused qkv)
             layer = model.get_submodule(name)
             if not isinstance(layer, LoRALinear):
-                if not isinstance(layer, nn.Linear):
-                    raise TypeError(f"LoRA target {name!r} is {type(layer).__name__}, not nn.Linear")
-                layer = LoRALinear(layer)
+                layer = _wrap(layer, name)
                 _set_submodule(model, name, layer)
             self.modules[name] = layer
 

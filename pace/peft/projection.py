@@ -186,6 +186,17 @@ class GradientProjector:
         for a, u in self._params:
             a.copy_(self.project(a, u))
 
+    @torch.no_grad()
+    def span_fraction(self) -> float:
+        """Share of the constrained ``A``s' squared norm inside span(U), over every layer: 1 under
+        ``"onto"``, 0 under ``"complement"`` (up to rounding); NaN when every ``A`` is zero. A record of
+        what the mode did to the trained stack (it reads, never changes, the parameters)."""
+        inside = total = 0.0
+        for a, u in self._params:
+            inside += float((a @ u).double().pow(2).sum())  # ||A U||^2 = ||A U U^T||^2, U orthonormal
+            total += float(a.double().pow(2).sum())
+        return inside / total if total > 0 else float("nan")
+
     def attach(self, optimizer: torch.optim.Optimizer) -> None:
         """Re-project after every ``optimizer.step()`` (exact for Adam, weight decay, ...)."""
         self._handles.append(optimizer.register_step_post_hook(lambda *_: self.reproject()))
