@@ -12,7 +12,7 @@ from torch import nn
 from pace.analysis import blockwise_cka, linear_cka, representation_drift
 from pace.backbones.base import Backbone, BackboneOutput
 from pace.data.frontend import FbankFrontend
-from pace.losses import boundary_loss, boundary_set, perturb, wrong_views_needed
+from pace.losses import boundary_loss, boundary_set, perturb
 
 
 def gen(seed: int) -> torch.Generator:
@@ -47,8 +47,8 @@ def _cka_by_gram(x: torch.Tensor, y: torch.Tensor) -> float:
     """Independent reference: HSIC on centred linear Gram matrices."""
     n = x.shape[0]
     h = torch.eye(n, dtype=torch.float64) - 1.0 / n
-    k, l = h @ x @ x.T @ h, h @ y @ y.T @ h
-    return float((k * l).sum() / ((k * k).sum() * (l * l).sum()).sqrt())
+    kx, ky = h @ x @ x.T @ h, h @ y @ y.T @ h
+    return float((kx * ky).sum() / ((kx * kx).sum() * (ky * ky).sum()).sqrt())
 
 
 def test_linear_cka_identities():

@@ -524,4 +524,8 @@ def test_sequence_runs_end_to_end(trees, tmp_path):
     assert len(final["accuracy_per_session"]) == 7
     order = json.loads((tmp_path / "run" / "splits" / "class_order.json").read_text())
     assert all(c.startswith("esc10:") for s in order["sessions"][:5] for c in s["classes"])
-    assert final["last_accuracy"] > 100 / 20  # above chance over 20 classes
+    # every clip of a class is the same tone (_blob), so the classes separate exactly: measured 100 % on
+    # seeds 0, 1 and 2 over the 20 test clips (5 points each). Floor 75 %: 5 clips of margin, 15x chance.
+    chance, floor = 100 / 20, 75.0
+    assert final["last_accuracy"] >= floor, (
+        f"last accuracy {final['last_accuracy']:.1f} % < {floor} % (chance {chance} %)")

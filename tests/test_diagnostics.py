@@ -53,8 +53,9 @@ def test_zero_init_B_gives_zero_delta_w_then_training_moves_it():
     # one stack only: this session's delta is all of W - W0, and the per-block norms add up in squares
     assert after["delta_w_total_norm"] == pytest.approx(after["delta_w_norm"], rel=1e-12)
     assert math.sqrt(sum(v * v for v in after["delta_w_norm_block"].values())) == pytest.approx(after["delta_w_norm"])
-    expected = math.sqrt(sum(float((m.scaling(0) * m.lora_B[0].detach().double() @ m.lora_A[0].detach().double()).square().sum())
-                             for m in adapter.manager.modules.values()))
+    expected = math.sqrt(sum(
+        float((m.scaling(0) * m.lora_B[0].detach().double() @ m.lora_A[0].detach().double()).square().sum())
+        for m in adapter.manager.modules.values()))
     assert after["delta_w_norm"] == pytest.approx(expected, rel=1e-12)
     # a second, untrained stack: newest delta 0 again, the total keeps the first session's
     adapter.freeze()
@@ -71,7 +72,8 @@ def test_mean_cosine_and_head_accuracy_identities():
     assert mean_cosine(a, -a) == pytest.approx(-1.0)
     # separable classes: perfect held-out accuracy; identical labels-free noise: chance is not 100 %
     y = torch.arange(12) % 3
-    z = torch.nn.functional.one_hot(y, 3).float() * 10 + 0.01 * torch.randn(12, 3, generator=torch.Generator().manual_seed(1))
+    noise = torch.randn(12, 3, generator=torch.Generator().manual_seed(1))
+    z = torch.nn.functional.one_hot(y, 3).float() * 10 + 0.01 * noise
     cfg = AnalyticConfig(proj_dim=64)
     acc = head_accuracy(cfg, 3, 0, torch.Generator().manual_seed(0), z, y)
     assert acc == 100.0

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import pickle
 import os
-import time
 
 import numpy as np
 import pytest
@@ -118,7 +118,7 @@ def reference_hidden(sd: dict, x: torch.Tensor, heads: int, eps: float = 1e-6) -
     hd = d // heads
     out = []
     for i in range(sum(k.endswith("attn.qkv.weight") for k in sd)):
-        w = lambda n: (p(f"blocks.{i}.{n}.weight"), p(f"blocks.{i}.{n}.bias"))  # noqa: E731
+        w = lambda n, i=i: (p(f"blocks.{i}.{n}.weight"), p(f"blocks.{i}.{n}.bias"))  # noqa: E731
         qkv = F.linear(h, *w("attn.qkv"))
         q, k, v = qkv[..., :d], qkv[..., d : 2 * d], qkv[..., 2 * d :]
         per_head = []
@@ -184,7 +184,7 @@ def test_hf_safetensors_and_fairseq_pickle_load_to_the_same_model(tmp_path):
         "extra_state": {"val_loss": np.float64(0.5)},
     }
     torch.save(checkpoint, tmp_path / "eat.pt")
-    with pytest.raises(Exception):  # plain weights_only refuses the non-tensor objects ...
+    with pytest.raises(pickle.UnpicklingError):  # plain weights_only refuses the non-tensor objects ...
         torch.load(tmp_path / "eat.pt", weights_only=True)
     b = tiny(seed=12)
     report = load_eat_weights(b, tmp_path / "eat.pt")  # ... our loader still gets ["model"]
@@ -416,10 +416,9 @@ def test_eat_base_builds_and_runs_on_a_short_clip():
     model = build_backbone(BackboneConfig(name="eat-base", target_frames=128)).eval()
     assert torch.equal(torch.get_rng_state(), state)  # building never moves the global RNG
     assert sum(p.numel() for p in model.parameters()) == 85_254_144
-    start = time.perf_counter()
+    # no wall-clock bound: speed belongs in bench/, a shared CPU must not fail a correctness test
     with torch.inference_mode():
         out = model(clip(batch=1, frames=128), output_hidden_states=True)
-    assert time.perf_counter() - start < 10
     assert out.pooled.shape == (1, 768) and len(out.hidden_states) == 12
     assert out.hidden_states[0].shape == (1, 1 + 8 * 8, 768)
     assert torch.isfinite(out.pooled).all()

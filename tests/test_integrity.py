@@ -67,7 +67,8 @@ def test_changed_config_is_refused_before_anything_is_overwritten(tmp_path):
     out = tmp_path / "out"
     Runner(validate_config(synth_raw(2)), out).run()
     before = snapshot(out)
-    with pytest.raises(RunFolderError, match=r"different config .*scenario\.num_sessions: 2 -> 4.*--out NEW.*--no-resume"):
+    with pytest.raises(RunFolderError,
+                       match=r"different config .*scenario\.num_sessions: 2 -> 4.*--out NEW.*--no-resume"):
         Runner(validate_config(synth_raw(4)), out).run()
     assert snapshot(out) == before
 

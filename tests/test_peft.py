@@ -222,7 +222,7 @@ def test_a_fold_built_during_inference_mode_evaluation_serves_a_later_training_s
 
 
 def test_the_fold_follows_in_place_writes_new_stacks_and_dtype_moves():
-    model, x = tiny(), data()
+    model = tiny()
     manager = trained_manager(model, sessions=3)
     layer = manager.modules["blocks.1.attn.v"]
     inp = torch.randn(4, 16, generator=gen(4))

@@ -25,8 +25,15 @@ def _cfg(method="simplecil", dataset=None, **kw):
     return validate_config(raw)
 
 
+#: FSDD digits on logmel-stats: RanPAC's random projection + ridge separates them (nearest class mean on
+#: the same features only reaches 30-35 %). Measured last accuracy over the 40 test clips (2.5 points
+#: each), seeds 0 / 1 / 2: 77.5 / 85.0 / 85.0 %. The floor, 60 %, is 7 clips below the lowest and 6x chance.
+FSDD_DIGITS, FSDD_FLOOR = 10, 60.0
+
+
 def test_output_contract_on_fsdd(fsdd, tmp_path):
-    cfg = _cfg(dataset={"dataset": "fsdd", "root": str(fsdd), "label": "digit", "max_per_class": 20})
+    cfg = _cfg("ranpac", dataset={"dataset": "fsdd", "root": str(fsdd), "label": "digit", "max_per_class": 20},
+               fsa={"enabled": False}, analytic={"proj_dim": 2048})
     cfg.scenario.num_sessions = 5
     final = Runner(cfg, tmp_path).run()
     rows = list(csv.reader((tmp_path / "accuracy_matrix.csv").open()))
@@ -37,7 +44,9 @@ def test_output_contract_on_fsdd(fsdd, tmp_path):
     for key in ("last_accuracy", "average_incremental_accuracy", "forgetting", "bwt", "plasticity", "stability"):
         assert key in m
     assert m["last_accuracy"] == pytest.approx(final["last_accuracy"])
-    assert 10.0 < m["last_accuracy"] <= 100.0  # chance is 10 % over 10 digits
+    chance = 100 / FSDD_DIGITS
+    assert FSDD_FLOOR <= m["last_accuracy"] <= 100.0, (
+        f"last accuracy {m['last_accuracy']:.1f} % below its floor {FSDD_FLOOR} %; chance is {chance:.0f} %")
     assert (tmp_path / "config.yaml").exists()
     assert len(list((tmp_path / "splits").glob("session_*.csv"))) == 5
     info = json.loads((tmp_path / "run_info.json").read_text())

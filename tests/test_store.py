@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from pace.data.frontend import FbankFrontend, WaveformFrontend
 from pace.data.synthetic import make_synthetic
 from pace.lock import file_lock, is_stale
 from pace.runner import Runner
-from pace.store import FeatureStore, LazyRows, StoreError
+from pace.store import LazyRows, StoreError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -146,16 +147,22 @@ WORKER = textwrap.dedent("""
     import torch
     from pace.store import FeatureStore
     root, name, go = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+    deadline = time.monotonic() + 600  # waits end with a message, never hang
+
+    def wait(cond, what):
+        while not cond():
+            if time.monotonic() > deadline:
+                sys.exit(f"{name}: timed out after 600 s waiting for {what}")
+            time.sleep(0.01)
+
     (root / f"ready.{name}").touch()
-    while not go.exists():  # start together: both miss the entry
-        time.sleep(0.01)
+    wait(go.exists, "the go file")  # start together: both miss the entry
     def count():
         with open(root / "computations", "a") as f:  # count computations
             f.write(name + "\\n")
         # Compute only once the other process has asked for the entry too: without single flight it
         # would then compute as well, whatever the timing.
-        while not all((root / f"entered.{n}").exists() for n in "ab"):
-            time.sleep(0.01)
+        wait(lambda: all((root / f"entered.{n}").exists() for n in "ab"), "the other process to ask")
 
     (root / f"entered.{name}").touch()
 
@@ -181,10 +188,12 @@ def test_two_processes_compute_a_missing_entry_once(tmp_path, kind):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path), n, str(go), kind], env=env,
                               stdout=subprocess.PIPE, text=True) for n in ("a", "b")]
+    deadline = time.monotonic() + 600
     while not all((tmp_path / f"ready.{n}").exists() for n in ("a", "b")):
         if any(p.poll() is not None for p in procs):
             break
-        os.sched_yield()
+        assert time.monotonic() < deadline, "the workers did not start within 600 s"
+        time.sleep(0.01)
     go.touch()
     outs = [p.communicate(timeout=300)[0].strip() for p in procs]
     assert [p.returncode for p in procs] == [0, 0]

@@ -13,7 +13,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -596,10 +595,10 @@ def test_bad_options_resources_and_data_fail_before_any_trial(ray_address, tmp_p
     assert main(["sweep", str(gpu)]) == 2
     assert "resources.gpu: each trial asks for 1 GPU, but no node of the Ray cluster has that many" \
         in capsys.readouterr().err
-    t0 = time.monotonic()
+    # nothing listens there: refused at once by the pre-flight probe (pytest-timeout bounds a hang)
     assert main(["sweep", str(path), "--tracking-uri", f"http://127.0.0.1:{_free_port()}"]) == 2
     err = capsys.readouterr().err
-    assert time.monotonic() - t0 < 30 and "is unreachable" in err and "--no-tracking" in err
+    assert "is unreachable" in err and "--no-tracking" in err
     spec = {"name": "bad", "base": {**BASE, "data": {**BASE["data"], "synthetic_classes": 4},
                                     "scenario": {"num_sessions": 2}},
             "variants": {"ok": {}, "three": {"scenario.num_sessions": 3}},

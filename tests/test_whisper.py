@@ -97,7 +97,7 @@ def test_ct2_reader_round_trips_all_dtypes_and_aliases(synthetic_ct2):
     assert model.aliases == {"dec/proj": "enc/w"}
     got = read_ct2(path)
     assert set(got) == {name for name, _, _ in variables} | {"dec/proj"}
-    for name, arr, dtype_id in variables[:-1]:
+    for name, arr, _ in variables[:-1]:
         assert got[name].dtype == arr.dtype and got[name].shape == arr.shape, name
         np.testing.assert_array_equal(got[name], arr)
     assert got["enc/heads"].shape == () and int(got["enc/heads"]) == 6
@@ -396,7 +396,7 @@ def test_base_parts_join_to_the_pinned_model_bin():
         joined.update(part.read_bytes())
     assert joined.hexdigest() == BASE_MODEL_BIN_SHA256
     with pytest.raises(ValueError, match="in 2 parts"):
-        files.model_bin
+        _ = files.model_bin
     config = config_from_ct2(files.read())
     assert (config.d_model, config.encoder_layers, config.decoder_layers, config.vocab_size) == (512, 6, 6, 51865)
     assert (config.encoder_attention_heads, config.num_mel_bins, config.max_source_positions) == (8, 80, 1500)
