@@ -280,12 +280,6 @@ class JournaledSink:
         return str(self.journal.folder)
 
     # -- MlflowSink's interface (as MlflowReporter and the driver use it)
-    @staticmethod
-    def _ref(run_id: str, **trial: str) -> dict[str, str]:
-        if run_id and run_id.startswith("trial:"):
-            return {"trial": run_id[len("trial:"):], **trial}
-        return {"run": run_id, **trial}
-
     def open_trial_run(self, experiment_id: str, parent_run_id: str, trial_id: str, run_name: str,
                        tags: dict[str, str], params: dict[str, str], run_id: str | None = None
                        ) -> tuple[str, list[int]]:

@@ -1,4 +1,4 @@
-"""MLflow layout of sweeps and ablations (design.md, "MLflow layout").
+"""MLflow layout of sweeps and ablations (docs/design.md, "MLflow layout").
 
 One experiment per sweep/study, one parent run per sweep, one child run per trial (tag
 ``mlflow.parentRunId``). A child holds the flattened resolved config as params; tags method, backbone,

@@ -1,6 +1,6 @@
 """Reading a study from MLflow: the runs frame of ``mlflow.search_runs``, narrowed to one study.
 
-Reads the layout ``pace.tracking`` writes (design.md, "MLflow layout"): one experiment per sweep or
+Reads the layout ``pace.tracking`` writes (docs/design.md, "MLflow layout"): one experiment per sweep or
 study, a parent run, one child run per trial with tags (method, backbone, benchmark, seed, variant),
 per-session metrics at ``step`` = session index, final metrics and the ``accuracy_matrix.csv``
 artifact. Only FINISHED child runs count; anything left out is named in notes, never guessed.
