@@ -120,16 +120,127 @@ def check_sweep(spec: SweepSpec, source: str = "<spec>", data_check: DataCheck |
 
 def check_ablation(spec: AblationSpec, source: str = "<spec>", check_configs: bool = True,
                    data_check: DataCheck | None = None) -> tuple[dict[str, Any], str]:
-    """(resolved base, backbone note) of an ablation whose every trial config validates."""
+    """(resolved base, note) of an ablation whose every trial config validates and whose trials no
+    learner or backbone is known to refuse. The note says which backbone and, one line each, what the
+    ``exclude`` entries leave out and why."""
     base, note = resolved_base(spec, source) if check_configs else spec.resolve_base()
-    for group, entries in (("benchmarks", spec.benchmarks), ("variants", spec.variants)):
+    for group, entries in (("benchmarks", spec.benchmarks), ("backbones", spec.backbone_overrides or {}),
+                           ("variants", spec.variants)):
         for label, ovr in entries.items():
             check_keys_exist(list(ovr), base, source, f"{group}[{label!r}] key")
+    check_exclusions(spec, base, source)
+    trials = spec.trials(base)
+    if not trials:
+        raise SpecError(f"{source}: exclude leaves no trial to run")
     if check_configs:
-        for t in spec.trials(base):
+        cfgs, refusals = [], {}
+        for t in trials:
             what = "/".join(f"{k}={v}" for k, v in t["labels"].items())
             cfg = check_config(compose(base, t["overrides"]), what, source)
             check_objective(spec, cfg, what, source)
-            if data_check is not None:
+            for kind, reason in known_refusals(cfg):
+                key = (kind, t["labels"]["variant"] if kind == "learner" else "", t["labels"]["backbone"], reason)
+                refusals[key] = refusals.get(key, 0) + 1
+            cfgs.append((cfg, what))
+        if refusals:
+            raise SpecError(refusal_message(refusals, source))
+        if data_check is not None:  # after the refusals: listing data sets is the slow part
+            for cfg, what in cfgs:
                 data_check(cfg, what, source)
-    return base, note
+    lines = spec.exclusion_lines(base)
+    if lines:
+        removed = len(spec.grid(base)) - len(trials)
+        lines.append(f"{len(trials)} trials to run ({removed} of {len(trials) + removed} excluded)")
+    return base, "\n".join([note, *lines])
+
+
+def check_exclusions(spec: AblationSpec, base: dict[str, Any], source: str) -> None:
+    """Every ``exclude`` entry matches at least one trial: a typo must not silently run what it meant
+    to leave out. The error names the entry and the label that is not on its axis."""
+    from pace.registry import did_you_mean
+    from pace.study.spec import AXES, _show, _values
+
+    grid = spec.grid(base)
+    on_axis = {a: list(dict.fromkeys(t["labels"][a] for t in grid)) for a in AXES}
+    for i, (entry, n) in enumerate(spec.exclusions(base)):
+        if n:
+            continue
+        for axis in (a for a in AXES if a in entry):
+            for value in sorted(_values(entry[axis]) - set(on_axis[axis])):
+                raise SpecError(f"{source}: exclude[{i}] {_show(entry, with_why=False)} matches no trial: "
+                                f"{axis} {value!r} is not on the {axis} axis{did_you_mean(value, on_axis[axis])} "
+                                f"({', '.join(on_axis[axis])})")
+        raise SpecError(f"{source}: exclude[{i}] {_show(entry, with_why=False)} matches no trial: no trial has "
+                        "all of these labels together")
+
+
+#: the input-length field each input kind takes (pace.config.BackboneConfig)
+INPUT_FIELD = {"fbank": "target_frames", "waveform": "num_samples", "whisper-logmel": "seconds",
+               "clap-logmel": "seconds"}
+#: modules whose backbone builders refuse another kind's input-length field (crepe: _frontend_from,
+#: whisper: _frontend_from, hf: _check_input_fields); other builders may ignore it, so are not checked
+STRICT_INPUT_MODULES = ("pace.backbones.crepe", "pace.backbones.whisper", "pace.backbones.hf")
+
+
+def known_refusals(cfg: RunConfig) -> list[tuple[str, str]]:
+    """[(kind, reason)] for what would make this trial fail when it builds its backbone ("backbone")
+    or its learner ("learner"), told from the registries without building anything.
+
+    Known: a prompt method on a backbone whose class does not support prompts (PromptLearner refuses
+    it), and an input-length field (seconds, num_samples, target_frames) the backbone does not take.
+    What cannot be told this cheaply (e.g. prompt blocks beyond the backbone's) is left to the trial."""
+    from pace.backbones.registry import get_spec
+
+    spec = get_spec(cfg.backbone.name)
+    out = []
+    used = INPUT_FIELD.get(spec.input_kind)
+    if used and getattr(spec.build, "__module__", None) in STRICT_INPUT_MODULES:
+        for f in ("target_frames", "num_samples", "seconds"):
+            if f != used and getattr(cfg.backbone, f) is not None:
+                out.append(("backbone", f"{spec.name} takes {spec.input_kind} input: it refuses backbone.{f} "
+                                        f"(its input length is backbone.{used})"))
+    if _prompts_a_transformer(cfg.method.name) and backbone_supports_prompts(spec) is False:
+        out.append(("learner", f"{cfg.method.name} prompts a transformer; {spec.name} does not support "
+                               "prompt or prefix tuning"))
+    return out
+
+
+def _prompts_a_transformer(method: str) -> bool:
+    from pace.methods.prompt_base import PromptLearner
+    from pace.registry import METHODS
+
+    cls = METHODS.find(method)
+    return isinstance(cls, type) and issubclass(cls, PromptLearner)
+
+
+def backbone_supports_prompts(spec: Any) -> bool | None:
+    """Whether a registered backbone's builds support prompts, read from the class its builder says it
+    returns (``BackboneSpec`` does not carry it); None when that cannot be told without building
+    (no return annotation, or ``supports_prompts`` is a property, as for the HF families)."""
+    import inspect
+
+    from pace.backbones.base import Backbone
+
+    ret = getattr(spec.build, "__annotations__", {}).get("return")
+    if isinstance(ret, str):  # postponed annotations: the name in the builder's module
+        ret = getattr(spec.build, "__globals__", {}).get(ret)
+    if not (isinstance(ret, type) and issubclass(ret, Backbone)):
+        return None
+    flag = inspect.getattr_static(ret, "supports_prompts", None)
+    return flag if isinstance(flag, bool) else None
+
+
+def refusal_message(refusals: dict[tuple[str, str, str, str], int], source: str) -> str:
+    lines = [f"{source}: these trials would fail when they build their backbone or learner:"]
+    for (kind, variant, backbone, reason), n in refusals.items():
+        who = f"variant={variant} backbone={backbone}" if kind == "learner" else f"backbone={backbone}"
+        lines.append(f"  {who} ({n} trial{'s' if n != 1 else ''}): {reason}")
+    learner = [(v, b, r) for (k, v, b, r) in refusals if k == "learner"]
+    if learner:
+        lines.append("  if the combination does not apply, leave it out with an exclude entry, e.g.:")
+        lines.append("    exclude:")
+        lines += [f"      - {{variant: {v}, backbone: {b}, why: \"{r}\"}}" for v, b, r in dict.fromkeys(learner)]
+    if any(k == "backbone" for k, *_ in refusals):
+        lines.append("  set each backbone's input length on the axis instead of in the base, e.g. "
+                     "backbones: {whisper-tiny: {backbone.seconds: 1.0}, crepe-tiny: {backbone.num_samples: 16000}}")
+    return "\n".join(lines)

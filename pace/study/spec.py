@@ -24,6 +24,7 @@ from pydantic import Field, ValidationError, field_validator
 from pace.config import Strict, compose, format_errors, get_dotted, read_yaml, validate_config
 from pace.study import SpecError
 from pace.study.checks import DataCheck, check_ablation, check_sweep
+from pace.registry import did_you_mean
 from pace.study.space import Param, SearchSpace
 
 #: metrics every trial reports after each session (see pace.study.trial.trial_metrics); objectives are one of these
@@ -247,6 +248,10 @@ class SweepSpec(StudySpec):
         return [best_trial_line(rows, self.objective, self.mode, describe)]
 
 
+#: the labels a trial carries, one per axis of an ablation; an ``exclude`` entry matches on these
+AXES = ("variant", "benchmark", "backbone", "seed")
+
+
 class AblationSpec(StudySpec):
     kind: ClassVar[str] = "ablation"
     command: ClassVar[str] = "ablate"
@@ -257,10 +262,14 @@ class AblationSpec(StudySpec):
     variants: dict[str, dict[str, Any]] = Field(min_length=1)
     #: benchmark name -> dotted overrides (a data/scenario preset); none = the base's data
     benchmarks: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"base": {}})
-    #: backbone names to cross with everything else; none = the base's backbone
-    backbones: list[str] | None = None
+    #: backbones to cross with everything else: a list of names, or name -> dotted overrides that go
+    #: with that backbone (its input length, batch size, ...); none = the base's backbone
+    backbones: list[str] | dict[str, dict[str, Any]] | None = None
     #: each seed sets seeds.class_order, seeds.split and seeds.init together
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    #: combinations not to run: each entry maps axis labels (variant, benchmark, backbone, seed; a value
+    #: or a list of values) to match, plus ``why``; a trial matching every label of an entry is left out
+    exclude: list[dict[str, Any]] = Field(default_factory=list)
 
     @field_validator("variants", "benchmarks")
     @classmethod
@@ -270,25 +279,103 @@ class AblationSpec(StudySpec):
                 raise ValueError(f"name {label!r}: use letters, digits and _ . + - (it names trial folders)")
         return v
 
+    @field_validator("backbones", mode="before")
+    @classmethod
+    def _bare_backbone_names(cls, v: Any) -> Any:
+        # ``crepe-tiny:`` with nothing after it in a mapping: the backbone with no overrides
+        return {k: ({} if o is None else o) for k, o in v.items()} if isinstance(v, dict) else v
+
+    @field_validator("backbones")
+    @classmethod
+    def _backbone_entries(cls, v: list[str] | dict[str, dict[str, Any]] | None):
+        if v is None:
+            return v
+        if not v:
+            raise ValueError("backbones is empty; leave it out to use the base's backbone")
+        names = list(v)
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"backbone {dup[0]!r} is listed twice")
+        for name, ovr in (v.items() if isinstance(v, dict) else ()):
+            # the axis names the backbone; an entry that renamed it would label trials wrongly
+            if "backbone.name" in ovr or "name" in (ovr.get("backbone") or {}):
+                raise ValueError(f"backbones[{name!r}] sets backbone.name; the entry's key is the name")
+        return v
+
+    @field_validator("exclude")
+    @classmethod
+    def _exclusion_entries(cls, v: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for i, entry in enumerate(v):
+            unknown = [k for k in entry if k not in (*AXES, "why")]
+            if unknown:
+                raise ValueError(f"exclude[{i}]: unknown axis {unknown[0]!r}{did_you_mean(unknown[0], AXES)} "
+                                 f"(valid: {', '.join(AXES)}, plus 'why')")
+            if not isinstance(entry.get("why"), str) or not entry["why"].strip():
+                raise ValueError(f"exclude[{i}] {_show(entry)}: needs 'why', a sentence saying why these "
+                                 "combinations do not apply")
+            if not any(k in entry for k in AXES):
+                raise ValueError(f"exclude[{i}]: names no axis ({', '.join(AXES)}); it would remove every trial")
+        return v
+
     def check(self, source: str, data_check: DataCheck | None = None,
               check_configs: bool = True) -> tuple[dict[str, Any], str]:
         return check_ablation(self, source, check_configs, data_check)
 
-    def trials(self, base: dict[str, Any]) -> list[dict[str, Any]]:
-        """The grid in a stable order: benchmark, backbone, variant, seed."""
-        backbones = self.backbones or [get_dotted(base, "backbone.name", "logmel-stats")]
+    @property
+    def backbone_overrides(self) -> dict[str, dict[str, Any]] | None:
+        """The backbone axis as name -> overrides (the list form: no overrides); None without an axis."""
+        if self.backbones is None:
+            return None
+        return dict(self.backbones) if isinstance(self.backbones, dict) else {b: {} for b in self.backbones}
+
+    def grid(self, base: dict[str, Any]) -> list[dict[str, Any]]:
+        """Every combination of the axes, excluded ones included, in a stable order: benchmark,
+        backbone, variant, seed.
+
+        Overrides are layered benchmark, then backbone, then variant (a later layer wins on a key
+        both set): a backbone's settings are what that model needs on any data (its input length
+        replaces a benchmark's), and the variant is what the study compares, so it wins over both."""
+        axis = self.backbone_overrides
+        backbones = axis or {get_dotted(base, "backbone.name", "logmel-stats"): {}}
         trials = []
-        for (bench, bench_ovr), backbone, (variant, var_ovr), seed in itertools.product(
-                self.benchmarks.items(), backbones, self.variants.items(), self.seeds):
-            overrides = {**bench_ovr}
-            if self.backbones:
-                overrides["backbone.name"] = backbone
-            overrides.update(var_ovr)
-            overrides.update({"seeds.class_order": seed, "seeds.split": seed, "seeds.init": seed})
+        for (bench, bench_ovr), (backbone, bb_ovr), (variant, var_ovr), seed in itertools.product(
+                self.benchmarks.items(), backbones.items(), self.variants.items(), self.seeds):
+            if isinstance(bb_ovr.get("backbone"), dict):  # a whole section: it keeps the axis's name
+                bb_ovr = {**bb_ovr, "backbone": {**bb_ovr["backbone"], "name": backbone}}
+            layers = [bench_ovr, {"backbone.name": backbone} if axis else {}, bb_ovr, var_ovr,
+                      {"seeds.class_order": seed, "seeds.split": seed, "seeds.init": seed}]
+            overrides: dict[str, Any] = {}
+            for layer in layers:
+                for k, v in layer.items():
+                    # re-insert: compose applies keys in insertion order, so a later layer's key must
+                    # also come later (a dict update would keep the earlier layer's position)
+                    overrides.pop(k, None)
+                    overrides[k] = v
             trials.append({"overrides": overrides,
                            "labels": {"variant": variant, "benchmark": bench, "backbone": backbone,
                                       "seed": str(seed)}})
         return trials
+
+    def _matches(self, entry: dict[str, Any], labels: dict[str, str]) -> bool:
+        return all(labels.get(k) in _values(v) for k, v in entry.items() if k in AXES)
+
+    def excluded_by(self, labels: dict[str, str]) -> bool:
+        """Whether any ``exclude`` entry matches a trial's labels."""
+        return any(self._matches(e, labels) for e in self.exclude)
+
+    def exclusions(self, base: dict[str, Any]) -> list[tuple[dict[str, Any], int]]:
+        """Each ``exclude`` entry with the number of trials it matches (entries may overlap)."""
+        grid = self.grid(base)
+        return [(e, sum(self._matches(e, t["labels"]) for t in grid)) for e in self.exclude]
+
+    def exclusion_lines(self, base: dict[str, Any]) -> list[str]:
+        """One line per ``exclude`` entry: what it matches, the trials it removes, and why."""
+        return [f"excluded {_show(e, with_why=False)}: {n} trial{'s' if n != 1 else ''} ({e['why'].strip()})"
+                for e, n in self.exclusions(base)]
+
+    def trials(self, base: dict[str, Any]) -> list[dict[str, Any]]:
+        """The grid in a stable order (benchmark, backbone, variant, seed) without excluded trials."""
+        return [t for t in self.grid(base) if not self.excluded_by(t["labels"])]
 
     def tracking_params(self, base: dict[str, Any]) -> dict[str, Any]:
         return {"num_trials": len(self.trials(base))}
@@ -298,6 +385,20 @@ class AblationSpec(StudySpec):
 
         agg = aggregate_table(rows)
         return ["\nmean ± std over seeds:\n" + agg] if agg else []
+
+
+def _values(v: Any) -> set[str]:
+    """An exclusion's value(s) as labels (seeds are labelled as strings)."""
+    return {str(x) for x in v} if isinstance(v, (list, tuple)) else {str(v)}
+
+
+def _show(entry: dict[str, Any], with_why: bool = True) -> str:
+    """An exclusion as its spec line: ``{variant: hideprompt, backbone: crepe-tiny}``."""
+    def show(v: Any) -> str:
+        return "[" + ", ".join(map(str, v)) + "]" if isinstance(v, (list, tuple)) else str(v)
+
+    keys = [k for k in entry if k in AXES] + (["why"] if with_why and "why" in entry else [])
+    return "{" + ", ".join(f"{k}: {show(entry[k]) if k in AXES else repr(entry[k])}" for k in keys) + "}"
 
 
 #: spec classes by kind (the ``kind`` saved with a study and tagged on its parent run)
