@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from pace.config import ConfigError, RunConfig, compose, get_dotted, validate_config
 from pace.study import SpecError
+from pace.study.exclusions import AXES, exclusion_values, show_exclusion
 from pace.study.space import SearchSpace
 
 if TYPE_CHECKING:
@@ -158,7 +159,6 @@ def check_exclusions(spec: AblationSpec, base: dict[str, Any], source: str) -> N
     """Every ``exclude`` entry matches at least one trial: a typo must not silently run what it meant
     to leave out. The error names the entry and the label that is not on its axis."""
     from pace.registry import did_you_mean
-    from pace.study.spec import AXES, _show, _values
 
     grid = spec.grid(base)
     on_axis = {a: list(dict.fromkeys(t["labels"][a] for t in grid)) for a in AXES}
@@ -166,12 +166,12 @@ def check_exclusions(spec: AblationSpec, base: dict[str, Any], source: str) -> N
         if n:
             continue
         for axis in (a for a in AXES if a in entry):
-            for value in sorted(_values(entry[axis]) - set(on_axis[axis])):
-                raise SpecError(f"{source}: exclude[{i}] {_show(entry, with_why=False)} matches no trial: "
+            for value in sorted(exclusion_values(entry[axis]) - set(on_axis[axis])):
+                raise SpecError(f"{source}: exclude[{i}] {show_exclusion(entry, with_why=False)} matches no trial: "
                                 f"{axis} {value!r} is not on the {axis} axis{did_you_mean(value, on_axis[axis])} "
                                 f"({', '.join(on_axis[axis])})")
-        raise SpecError(f"{source}: exclude[{i}] {_show(entry, with_why=False)} matches no trial: no trial has "
-                        "all of these labels together")
+        raise SpecError(f"{source}: exclude[{i}] {show_exclusion(entry, with_why=False)} matches no trial: "
+                        "no trial has all of these labels together")
 
 
 #: the input-length field each input kind takes (pace.config.BackboneConfig)

@@ -24,6 +24,7 @@ from pydantic import Field, ValidationError, field_validator
 from pace.config import Strict, compose, format_errors, get_dotted, read_yaml, validate_config
 from pace.study import SpecError
 from pace.study.checks import DataCheck, check_ablation, check_sweep
+from pace.study.exclusions import AXES, exclusion_values, show_exclusion
 from pace.registry import did_you_mean
 from pace.study.space import Param, SearchSpace
 
@@ -249,9 +250,6 @@ class SweepSpec(StudySpec):
 
 
 #: the labels a trial carries, one per axis of an ablation; an ``exclude`` entry matches on these
-AXES = ("variant", "benchmark", "backbone", "seed")
-
-
 class AblationSpec(StudySpec):
     kind: ClassVar[str] = "ablation"
     command: ClassVar[str] = "ablate"
@@ -311,7 +309,7 @@ class AblationSpec(StudySpec):
                 raise ValueError(f"exclude[{i}]: unknown axis {unknown[0]!r}{did_you_mean(unknown[0], AXES)} "
                                  f"(valid: {', '.join(AXES)}, plus 'why')")
             if not isinstance(entry.get("why"), str) or not entry["why"].strip():
-                raise ValueError(f"exclude[{i}] {_show(entry)}: needs 'why', a sentence saying why these "
+                raise ValueError(f"exclude[{i}] {show_exclusion(entry)}: needs 'why', a sentence saying why these "
                                  "combinations do not apply")
             if not any(k in entry for k in AXES):
                 raise ValueError(f"exclude[{i}]: names no axis ({', '.join(AXES)}); it would remove every trial")
@@ -357,7 +355,7 @@ class AblationSpec(StudySpec):
         return trials
 
     def _matches(self, entry: dict[str, Any], labels: dict[str, str]) -> bool:
-        return all(labels.get(k) in _values(v) for k, v in entry.items() if k in AXES)
+        return all(labels.get(k) in exclusion_values(v) for k, v in entry.items() if k in AXES)
 
     def excluded_by(self, labels: dict[str, str]) -> bool:
         """Whether any ``exclude`` entry matches a trial's labels."""
@@ -370,7 +368,7 @@ class AblationSpec(StudySpec):
 
     def exclusion_lines(self, base: dict[str, Any]) -> list[str]:
         """One line per ``exclude`` entry: what it matches, the trials it removes, and why."""
-        return [f"excluded {_show(e, with_why=False)}: {n} trial{'s' if n != 1 else ''} ({e['why'].strip()})"
+        return [f"excluded {show_exclusion(e, with_why=False)}: {n} trial{'s' if n != 1 else ''} ({e['why'].strip()})"
                 for e, n in self.exclusions(base)]
 
     def trials(self, base: dict[str, Any]) -> list[dict[str, Any]]:
@@ -385,20 +383,6 @@ class AblationSpec(StudySpec):
 
         agg = aggregate_table(rows)
         return ["\nmean ± std over seeds:\n" + agg] if agg else []
-
-
-def _values(v: Any) -> set[str]:
-    """An exclusion's value(s) as labels (seeds are labelled as strings)."""
-    return {str(x) for x in v} if isinstance(v, (list, tuple)) else {str(v)}
-
-
-def _show(entry: dict[str, Any], with_why: bool = True) -> str:
-    """An exclusion as its spec line: ``{variant: hideprompt, backbone: crepe-tiny}``."""
-    def show(v: Any) -> str:
-        return "[" + ", ".join(map(str, v)) + "]" if isinstance(v, (list, tuple)) else str(v)
-
-    keys = [k for k in entry if k in AXES] + (["why"] if with_why and "why" in entry else [])
-    return "{" + ", ".join(f"{k}: {show(entry[k]) if k in AXES else repr(entry[k])}" for k in keys) + "}"
 
 
 #: spec classes by kind (the ``kind`` saved with a study and tagged on its parent run)
