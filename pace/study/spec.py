@@ -12,7 +12,6 @@ their summary ends. Overrides are applied with ``pace.config.compose``.
 
 from __future__ import annotations
 
-import difflib
 import importlib.util
 import itertools
 import re
@@ -107,9 +106,8 @@ class StudySpec(Strict):
     @classmethod
     def _known_objective(cls, v: str) -> str:
         if v not in REPORTED_METRICS:
-            close = difflib.get_close_matches(v, REPORTED_METRICS, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"unknown objective {v!r}{hint} (one of: {', '.join(REPORTED_METRICS)})")
+            raise ValueError(f"unknown objective {v!r}{did_you_mean(v, REPORTED_METRICS)} "
+                             f"(one of: {', '.join(REPORTED_METRICS)})")
         return v
 
     # -- loading
