@@ -21,8 +21,9 @@ from pace.methods.hideprompt import HiDePrompt, HiDePromptConfig
 from pace.methods.l2p import L2P, L2PConfig
 from pace.methods.sprompt import SPrompt, SPromptConfig, nearest_centroid_session
 from pace.backbones.prompting import Prompts
-from pace.peft.prompts import (class_gaussians, gaussian_roots, gram_schmidt, kmeans, masked_logits, ortho_penalty,
-                               prototype_contrastive, sample_gaussians, select_top_k)
+from pace.heads.gaussians import class_gaussians, gaussian_roots, sample_gaussians
+from pace.peft.prompts import (gram_schmidt, kmeans, masked_logits, ortho_penalty, prototype_contrastive,
+                               select_top_k)
 from pace.runner import Runner
 from reporters import InterruptAfter
 

@@ -41,8 +41,8 @@ from pace.embed import autocast
 from pace.heads.linear import LinearHead
 from pace.methods.base import Session, register_method
 from pace.methods.prompt_base import BLOCKS_DOC, PromptTrainConfig, SessionPromptLearner, make_optimizer
-from pace.peft.prompts import (class_gaussians, gaussian_roots, masked_logits, prototype_contrastive,
-                               sample_gaussians)
+from pace.heads.gaussians import class_gaussians, gaussian_roots, sample_gaussians
+from pace.peft.prompts import masked_logits, prototype_contrastive
 
 
 class HiDePromptConfig(MethodConfig):

@@ -64,7 +64,8 @@ from pace.heads.ncm import NCMHead
 from pace.methods.base import Learner, Session, Split, register_method
 from pace.methods.diagnostics import instrumenting, lora_stats, mean_cosine
 from pace.methods.parts import Adapter, LoRAConfig, TrainConfig, freeze_backbone, train
-from pace.peft.prompts import class_gaussians, gaussian_roots, masked_logits, prototype_contrastive, sample_gaussians
+from pace.heads.gaussians import class_gaussians, gaussian_roots, sample_gaussians
+from pace.peft.prompts import masked_logits, prototype_contrastive
 
 
 class MOSConfig(MethodConfig):

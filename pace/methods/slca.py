@@ -57,7 +57,7 @@ from pace.config import MethodConfig
 from pace.methods.base import Session, register_method
 from pace.methods.common import EmbeddingLearner, split_embeddings
 from pace.methods.parts import TrainConfig, train
-from pace.peft.prompts import class_gaussians, gaussian_roots, sample_gaussians
+from pace.heads.gaussians import class_gaussians, gaussian_roots, sample_gaussians
 
 
 class SLCAConfig(MethodConfig):

@@ -1,5 +1,6 @@
 """The parts the prompt-based continual learners (L2P, DualPrompt, CODA-Prompt, S-Prompt++, HiDe-Prompt)
-share: prompt parameters, key matching, orthogonality, k-means, masked logits and class Gaussians.
+share: prompt parameters, key matching, orthogonality, k-means and masked logits (class Gaussians for
+classifier alignment: pace/heads/gaussians.py).
 How a backbone takes the prompts (the hook, ``Prompts``) is pace/backbones/prompting.py.
 """
 
@@ -113,37 +114,6 @@ def prompt_param(shape: tuple[int, ...], generator: torch.Generator, init: str =
     return nn.Parameter(torch.randn(shape, generator=generator) * 0.02)
 
 
-def class_gaussians(z: torch.Tensor, y: torch.Tensor, classes: list[int],
-                    eps: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-class mean (C, D) and covariance (C, D, D) of features, float64, +eps*I (HiDe / SLCA)."""
-    z = z.double()
-    means, covs = [], []
-    for c in classes:
-        zc = z[y == c]
-        mu = zc.mean(0)
-        d = zc - mu
-        cov = d.T @ d / max(len(zc) - 1, 1)
-        means.append(mu)
-        covs.append(cov + eps * torch.eye(z.shape[1], dtype=z.dtype))
-    return torch.stack(means), torch.stack(covs)
-
-
-def gaussian_roots(covs: torch.Tensor) -> torch.Tensor:
-    """Square roots R (R R^T = cov) of (C, D, D) covariances, by eigendecomposition with negative
-    eigenvalues floored at 0, so a rank-deficient covariance (few clips, wide features) still samples."""
-    w, v = torch.linalg.eigh(covs.double())
-    return v * w.clamp_min(0).sqrt().unsqueeze(-2)
-
-
-def sample_gaussians(means: torch.Tensor, roots: torch.Tensor, n: int,
-                     generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """n draws per class from N(mean_c, R_c R_c^T): (C*n, D) float32 features and (C*n,) class rows."""
-    eps = torch.randn(len(means), n, means.shape[1], generator=generator, dtype=torch.float64)
-    draws = means.double()[:, None, :] + eps @ roots.double().transpose(1, 2)
-    rows = torch.arange(len(means)).repeat_interleave(n)
-    return draws.reshape(-1, means.shape[1]).float(), rows
-
-
 def prototype_contrastive(feats: torch.Tensor, prototypes: torch.Tensor | None,
                           temperature: float = 0.8) -> torch.Tensor:
     """HiDe-Prompt's WTP regulariser: rows M = [old-class prototypes; batch features]; cross-entropy of
@@ -155,6 +125,6 @@ def prototype_contrastive(feats: torch.Tensor, prototypes: torch.Tensor | None,
 
 
 __all__ = [
-    "class_gaussians", "cosine_matrix", "gaussian_roots", "gram_schmidt", "kmeans", "masked_logits",
-    "ortho_penalty", "prompt_param", "prototype_contrastive", "sample_gaussians", "select_top_k", "uniform_",
+    "cosine_matrix", "gram_schmidt", "kmeans", "masked_logits", "ortho_penalty", "prompt_param",
+    "prototype_contrastive", "select_top_k", "uniform_",
 ]
