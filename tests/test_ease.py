@@ -6,7 +6,6 @@ subspace by 1 and the others by alpha / t; end to end; checkpoints.
 One small run (eat-tiny, synthetic coarse, 6 classes in 3 sessions) is shared by the tests.
 """
 
-import io
 import math
 
 import pytest
@@ -16,10 +15,11 @@ import torch.nn.functional as F
 from pace.backbones.registry import build_backbone
 from pace.config import BackboneConfig, validate_config
 from pace.embed import embed
-from pace.methods.base import Context, build_learner
+from pace.methods.base import Context
 from pace.methods.common import batch_embeddings
 from pace.methods.ease import EASE, EASEConfig, complement
 from pace.runner import Runner
+from learners import restored_learner
 
 LR = 0.1
 METHOD = {"name": "ease", "train": {"epochs": 5, "lr": LR}}
@@ -200,13 +200,7 @@ def test_ease_runs_end_to_end_well_above_chance(run):
 
 def test_checkpoint_round_trip_gives_identical_predictions(run):
     runner, _, _, _ = run
-    buf = io.BytesIO()
-    torch.save(runner.learner.state_dict(), buf)
-    buf.seek(0)
-    cfg = runner.cfg
-    fresh = build_learner(cfg.method, build_backbone(cfg.backbone, init_seed=cfg.seeds.init),
-                          Context(seeds=cfg.seeds, batch_size=8))
-    fresh.load_state_dict(torch.load(buf, weights_only=True))
+    fresh = restored_learner(runner)
     x = runner.test_split(1).x[:4]
     with torch.inference_mode():
         assert torch.equal(fresh.predict(x), runner.learner.predict(x))

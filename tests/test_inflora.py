@@ -14,9 +14,10 @@ import torch
 import pace.methods.inflora as inflora_mod
 from pace.backbones.registry import build_backbone
 from pace.config import BackboneConfig, validate_config
-from pace.methods.base import Context, Session, Split, build_learner
+from pace.methods.base import Context, Session, Split
 from pace.methods.inflora import (A_SCALE, InfLoRA, InfLoRAConfig, design_down_projection, grow_basis)
 from pace.runner import Runner
+from learners import restored_learner
 
 
 def _orthonormal(d: int, k: int, seed: int) -> torch.Tensor:
@@ -191,12 +192,7 @@ def test_end_to_end_accuracy_is_well_above_chance(run):
 
 def test_checkpoint_round_trip_gives_identical_predictions(run, tmp_path):
     runner, _ = run
-    path = tmp_path / "state.pt"
-    torch.save(runner.learner.state_dict(), path)
-    state = torch.load(path, weights_only=True)
-    cfg = runner.cfg
-    fresh = build_learner(cfg.method, build_backbone(cfg.backbone, init_seed=cfg.seeds.init), Context())
-    fresh.load_state_dict(state)
+    fresh = restored_learner(runner, Context())
     split = runner.test_split(2)
     x = split.x[:8]
     assert torch.equal(fresh.predict(x), runner.learner.predict(x))

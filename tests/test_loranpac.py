@@ -1,7 +1,6 @@
 """LoRanPAC: the incremental truncated SVD and the truncated least-squares head (float64 identities),
 one end-to-end run, a checkpoint round trip."""
 
-import io
 
 import pytest
 import torch
@@ -11,6 +10,7 @@ from pace.config import validate_config
 from pace.heads.truncated_svd import TruncatedSVDHead, fold_rows, kept_rank
 from pace.methods.base import Context, build_learner
 from pace.runner import Runner
+from learners import restored_learner
 
 F64 = torch.float64
 
@@ -177,13 +177,7 @@ def test_checkpoint_round_trip_gives_identical_predictions(tmp_path):
     cfg = _cfg({"fsa": {"enabled": True, "train": {"epochs": 1}}, "head": {"proj_dim": 512}})
     runner = Runner(cfg, tmp_path)
     runner.run()
-    buf = io.BytesIO()
-    torch.save(runner.learner.state_dict(), buf)
-    buf.seek(0)
-    state = torch.load(buf, weights_only=True)
-    backbone = build_backbone(cfg.backbone, init_seed=cfg.seeds.init)
-    fresh = build_learner(cfg.method, backbone, Context(batch_size=8, seeds=cfg.seeds))
-    fresh.load_state_dict(state)
+    fresh = restored_learner(runner)
     for i in range(3):
         x = runner.test_split(i).x
         with torch.inference_mode():

@@ -2,7 +2,6 @@
 constructed case, stored adapters untouched by later sessions, one end-to-end run, a checkpoint
 round trip. One Runner run (module fixture) serves the learner-level checks."""
 
-import io
 
 import pytest
 import torch
@@ -13,6 +12,7 @@ from pace.heads.ncm import NCMHead
 from pace.methods.base import Context, build_learner
 from pace.methods.mos import merge_adapter, self_refined_logits
 from pace.runner import Runner
+from learners import restored_learner
 
 F64 = torch.float64
 EPOCHS, CLIPS_PER_SESSION, BATCH = 5, 12, 8
@@ -175,14 +175,7 @@ def test_end_to_end_on_separable_synthetic_data(run):
 
 def test_checkpoint_round_trip_gives_identical_predictions(run):
     runner, _, _, _ = run
-    cfg = runner.cfg
-    buf = io.BytesIO()
-    torch.save(runner.learner.state_dict(), buf)
-    buf.seek(0)
-    state = torch.load(buf, weights_only=True)
-    fresh = build_learner(cfg.method, build_backbone(cfg.backbone, init_seed=cfg.seeds.init),
-                          Context(batch_size=BATCH, seeds=cfg.seeds))
-    fresh.load_state_dict(state)
+    fresh = restored_learner(runner, Context(batch_size=BATCH, seeds=runner.cfg.seeds))
     for i in range(3):
         x = runner.test_split(i).x
         with torch.inference_mode():

@@ -19,11 +19,12 @@ from torch import nn
 from pace.backbones.registry import build_backbone
 from pace.config import BackboneConfig, validate_config
 from pace.heads.linear import LinearHead
-from pace.methods.base import Context, Session, Split, build_learner
+from pace.methods.base import Context, Session, Split
 from pace.methods.sdlora import SDLoRA, SDLoRAConfig
 from pace.peft.lora import _set_submodule
 from pace.peft.lora_variants import DecoupledLoRALinear, DecoupledLoRAManager
 from pace.runner import Runner
+from learners import restored_learner
 
 F64 = torch.float64
 
@@ -222,12 +223,7 @@ def test_end_to_end_accuracy_is_well_above_chance(run):
 
 def test_checkpoint_round_trip_gives_identical_predictions(run, tmp_path):
     runner, _ = run
-    path = tmp_path / "state.pt"
-    torch.save(runner.learner.state_dict(), path)
-    state = torch.load(path, weights_only=True)
-    cfg = runner.cfg
-    fresh = build_learner(cfg.method, build_backbone(cfg.backbone, init_seed=cfg.seeds.init), Context())
-    fresh.load_state_dict(state)
+    fresh = restored_learner(runner, Context())
     x = runner.test_split(2).x[:8]
     assert torch.equal(fresh.predict(x), runner.learner.predict(x))
 

@@ -6,7 +6,6 @@ One small run (eat-tiny, synthetic coarse, 6 classes in 3 sessions) is shared by
 """
 
 import copy
-import io
 
 import pytest
 import torch
@@ -18,6 +17,7 @@ from pace.embed import embed
 from pace.methods.base import Context, build_learner
 from pace.methods.slca import SLCA, SLCAConfig, logit_normalised_ce
 from pace.runner import Runner
+from learners import restored_learner
 
 HEAD_LR, SCALE = 0.1, 0.001
 METHOD = {"name": "slca", "train": {"epochs": 10, "lr": HEAD_LR}, "backbone_lr_scale": SCALE,
@@ -162,11 +162,7 @@ def test_slca_runs_end_to_end_well_above_chance(run):
 
 def test_checkpoint_round_trip_gives_identical_predictions(run):
     runner, _, _, _ = run
-    buf = io.BytesIO()
-    torch.save(runner.learner.state_dict(), buf)
-    buf.seek(0)
-    fresh = _fresh(runner)
-    fresh.load_state_dict(torch.load(buf, weights_only=True))
+    fresh = restored_learner(runner)
     x = runner.test_split(0).x[:4]
     with torch.inference_mode():
         assert torch.equal(fresh.predict(x), runner.learner.predict(x))
