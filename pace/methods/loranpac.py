@@ -42,9 +42,8 @@ from pace.config import MethodConfig, Strict
 from pace.heads.analytic import RandomProjection
 from pace.heads.truncated_svd import TruncatedSVDHead
 from pace.methods.base import Session, register_method
-from pace.methods.common import EmbeddingLearner, split_embeddings
-from pace.methods.diagnostics import embeddings_before, not_adapted, record_adaptation
-from pace.methods.parts import Adapter, AnalyticConfig, FSAConfig, first_session_adaptation, freeze_backbone
+from pace.methods.parts import AnalyticConfig, FSAConfig
+from pace.methods.ranpac import FirstSessionAdaptedLearner
 
 
 class TSVDHeadConfig(Strict):
@@ -76,34 +75,25 @@ PROJECT_CHUNK = 2048
 
 
 @register_method(LoRanPACConfig)
-class LoRanPAC(EmbeddingLearner):
+class LoRanPAC(FirstSessionAdaptedLearner):
     STAGE_DOWNSTREAM = {"fsa": frozenset({"head"})}
 
     def __init__(self, cfg, backbone, ctx):
-        super().__init__(cfg, backbone, ctx)
         if cfg.fsa.enabled and backbone.num_blocks == 0:
             raise ValueError(f"loranpac: backbone {backbone.name!r} has no transformer blocks for first-session "
                              "LoRA adaptation (set method.fsa.enabled: false)")
-        freeze_backbone(backbone)
-        self.adapter = Adapter(backbone, cfg.fsa.lora)
+        super().__init__(cfg, backbone, ctx)
         h = cfg.head
         self.proj = RandomProjection(backbone.embed_dim, h.proj_dim, h.activation, h.scale, ctx.seeds.init)
         self.proj.to(ctx.device)
         self.head = TruncatedSVDHead(h.proj_dim, h.truncate_percent, h.rank, h.ridge, h.flush_rows, device=ctx.device)
 
-    def learn(self, session: Session) -> None:
-        fsa = session.index == 0 and self.cfg.fsa.enabled
-        if fsa:
-            z_before = embeddings_before(self, session)
-            first_session_adaptation(self, session, self.cfg.fsa, self.adapter)
-        z = split_embeddings(self, session.train).to(self.ctx.device)
-        if fsa:
-            # the held-out probe is a ridge head on the same random features (a feature-quality measure)
-            h = self.cfg.head
-            probe = AnalyticConfig(proj_dim=h.proj_dim, activation=h.activation, scale=h.scale)
-            record_adaptation(self, session, z_before, z.cpu(), "fsa", probe)
-        else:
-            not_adapted(self.ctx)
+    def probe_config(self) -> AnalyticConfig:
+        # the held-out probe is a ridge head on the same random features (a feature-quality measure)
+        h = self.cfg.head
+        return AnalyticConfig(proj_dim=h.proj_dim, activation=h.activation, scale=h.scale)
+
+    def fit_head(self, z: torch.Tensor, session: Session) -> None:
         y = session.train.y.to(self.ctx.device)
         self.head.expand(session.num_seen)
         for s in range(0, len(y), PROJECT_CHUNK):

@@ -31,17 +31,21 @@ class RanPACConfig(MethodConfig):
     analytic: AnalyticConfig = Field(default_factory=AnalyticConfig)
 
 
-class AnalyticLearner(EmbeddingLearner):
-    """Shared by RanPAC and ACL: optional FSA on session 1, then analytic updates only."""
-
-    STAGE_DOWNSTREAM = {"fsa": frozenset({"analytic"})}
+class FirstSessionAdaptedLearner(EmbeddingLearner):
+    """Optional FSA (``cfg.fsa``) on session 1, then the backbone stays frozen and every session fits a
+    head on its embeddings (``fit_head``). RanPAC, ACL and LoRanPAC differ only in that head."""
 
     def __init__(self, cfg, backbone, ctx):
         super().__init__(cfg, backbone, ctx)
         freeze_backbone(backbone)
         self.adapter = Adapter(backbone, cfg.fsa.lora)
-        self.classifier = AnalyticClassifier(backbone.embed_dim, cfg.analytic, seed=ctx.seeds.init)
-        self.classifier.to(ctx.device)
+
+    def probe_config(self) -> AnalyticConfig:
+        """The analytic head the adaptation diagnostics measure the features with."""
+        raise NotImplementedError
+
+    def fit_head(self, z: torch.Tensor, session: Session) -> None:
+        raise NotImplementedError
 
     def learn(self, session: Session) -> None:
         fsa = session.index == 0 and self.cfg.fsa.enabled
@@ -50,9 +54,26 @@ class AnalyticLearner(EmbeddingLearner):
             first_session_adaptation(self, session, self.cfg.fsa, self.adapter)
         z = split_embeddings(self, session.train).to(self.ctx.device)
         if fsa:
-            record_adaptation(self, session, z_before, z.cpu(), "fsa", self.cfg.analytic)
+            record_adaptation(self, session, z_before, z.cpu(), "fsa", self.probe_config())
         else:
             not_adapted(self.ctx)
+        self.fit_head(z, session)
+
+
+class AnalyticLearner(FirstSessionAdaptedLearner):
+    """Shared by RanPAC and ACL: optional FSA on session 1, then analytic updates only."""
+
+    STAGE_DOWNSTREAM = {"fsa": frozenset({"analytic"})}
+
+    def __init__(self, cfg, backbone, ctx):
+        super().__init__(cfg, backbone, ctx)
+        self.classifier = AnalyticClassifier(backbone.embed_dim, cfg.analytic, seed=ctx.seeds.init)
+        self.classifier.to(ctx.device)
+
+    def probe_config(self) -> AnalyticConfig:
+        return self.cfg.analytic
+
+    def fit_head(self, z: torch.Tensor, session: Session) -> None:
         self.classifier.fit_session(z, session.train.y.to(self.ctx.device), session.num_seen,
                                     self.ctx.generator(f"ridge:{session.index}"))
         self.ctx.diagnostics.update(self.classifier.ridge_diagnostics())
