@@ -7,6 +7,7 @@ of stored clips.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def class_gaussians(z: torch.Tensor, y: torch.Tensor, classes: list[int],
@@ -38,3 +39,35 @@ def sample_gaussians(means: torch.Tensor, roots: torch.Tensor, n: int,
     draws = means.double()[:, None, :] + eps @ roots.double().transpose(1, 2)
     rows = torch.arange(len(means)).repeat_interleave(n)
     return draws.reshape(-1, means.shape[1]).float(), rows
+
+
+def align_on_gaussians(head: torch.nn.Module, means: torch.Tensor, roots: torch.Tensor, *, per_class: int,
+                       batches: int, num_classes: int, epochs: int, lr: float, weight_decay: float,
+                       generator: torch.Generator, device: torch.device) -> None:
+    """Classifier alignment: ``head`` re-trained on draws from the class Gaussians (``means``, ``roots``).
+
+    Each epoch draws ``per_class`` samples of every class, shuffles them and takes up to ``batches``
+    batches of ``per_class`` (fewer when the draws run out), with cross-entropy over the first
+    ``num_classes`` logits; SGD with momentum 0.9 and a cosine schedule over the epochs. Only the
+    head's parameters train, and they are frozen again afterwards.
+    """
+    params = list(head.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(epochs, 1))
+    for _ in range(epochs):
+        z, y = sample_gaussians(means, roots, per_class, generator)
+        order = torch.randperm(len(y), generator=generator)
+        z, y = z[order].to(device), y[order].to(device)
+        for i in range(batches):
+            zb, yb = z[i * per_class:(i + 1) * per_class], y[i * per_class:(i + 1) * per_class]
+            if not len(yb):
+                break
+            loss = F.cross_entropy(head(zb)[:, :num_classes], yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        sched.step()
+    for p in params:
+        p.requires_grad_(False)

@@ -41,7 +41,7 @@ from pace.embed import autocast
 from pace.heads.linear import LinearHead
 from pace.methods.base import Session, register_method
 from pace.methods.prompt_base import BLOCKS_DOC, PromptTrainConfig, SessionPromptLearner, make_optimizer
-from pace.heads.gaussians import class_gaussians, gaussian_roots, sample_gaussians
+from pace.heads.gaussians import align_on_gaussians, class_gaussians, gaussian_roots
 from pace.peft.prompts import masked_logits, prototype_contrastive
 
 
@@ -137,29 +137,11 @@ class HiDePrompt(SessionPromptLearner):
         """The official classifier alignment: ``head`` re-trained on Gaussian draws of every seen class."""
         cfg, ctx = self.cfg, self.ctx
         means, covs = self.gaussians(kind)
-        roots = gaussian_roots(covs.cpu())
-        params = list(head.parameters())
-        for p in params:
-            p.requires_grad_(True)
-        opt = torch.optim.SGD(params, lr=cfg.ca_lr, momentum=0.9, weight_decay=5e-4)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(cfg.ca_epochs, 1))
-        batches = self.session_ranges[session.index][0]  # classes of earlier sessions (official crct_num)
-        g = ctx.generator(f"hide-ca:{kind}:{session.index}")
-        for _ in range(cfg.ca_epochs):
-            z, y = sample_gaussians(means.cpu(), roots, per_class, g)
-            order = torch.randperm(len(y), generator=g)
-            z, y = z[order].to(ctx.device), y[order].to(ctx.device)
-            for i in range(batches):
-                zb, yb = z[i * per_class:(i + 1) * per_class], y[i * per_class:(i + 1) * per_class]
-                if not len(yb):
-                    break
-                loss = F.cross_entropy(head(zb)[:, : session.num_seen], yb)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            sched.step()
-        for p in params:
-            p.requires_grad_(False)
+        align_on_gaussians(head, means.cpu(), gaussian_roots(covs.cpu()), per_class=per_class,
+                           # as many batches as classes of earlier sessions (official crct_num)
+                           batches=self.session_ranges[session.index][0], num_classes=session.num_seen,
+                           epochs=cfg.ca_epochs, lr=cfg.ca_lr, weight_decay=5e-4,
+                           generator=ctx.generator(f"hide-ca:{kind}:{session.index}"), device=ctx.device)
 
     # ---- WTP
 

@@ -52,7 +52,6 @@ import hashlib
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
@@ -64,7 +63,7 @@ from pace.heads.ncm import NCMHead
 from pace.methods.base import Learner, Session, Split, register_method
 from pace.methods.diagnostics import instrumenting, lora_stats, mean_cosine
 from pace.methods.parts import Adapter, LoRAConfig, TrainConfig, freeze_backbone, train
-from pace.heads.gaussians import class_gaussians, gaussian_roots, sample_gaussians
+from pace.heads.gaussians import align_on_gaussians, class_gaussians, gaussian_roots
 from pace.peft.prompts import masked_logits, prototype_contrastive
 
 
@@ -296,28 +295,12 @@ class MOS(Learner):
         """Classifier alignment: the head re-trained on draws from every seen class's Gaussian."""
         cfg, ctx = self.cfg, self.ctx
         means, covs = torch.cat(self.means), torch.cat(self.covs)
-        roots = gaussian_roots(covs)
-        per_class = cfg.ca_per_class or ctx.batch_size * 5
-        params = list(self.head.parameters())
-        for p in params:
-            p.requires_grad_(True)
-        opt = torch.optim.SGD(params, lr=cfg.ca_lr, momentum=0.9, weight_decay=cfg.train.weight_decay)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(cfg.ca_epochs, 1))
-        g = ctx.generator(f"mos-ca:{session.index}")
         k = session.num_seen
-        for _ in range(cfg.ca_epochs):
-            z, y = sample_gaussians(means, roots, per_class, g)
-            order = torch.randperm(len(y), generator=g)
-            z, y = z[order].to(ctx.device), y[order].to(ctx.device)
-            for i in range(k):  # as many batches of per_class draws as there are classes
-                zb, yb = z[i * per_class:(i + 1) * per_class], y[i * per_class:(i + 1) * per_class]
-                loss = F.cross_entropy(self.head(zb)[:, :k], yb)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            sched.step()
-        for p in params:
-            p.requires_grad_(False)
+        # as many batches of per_class draws as there are classes
+        align_on_gaussians(self.head, means, gaussian_roots(covs), per_class=cfg.ca_per_class or ctx.batch_size * 5,
+                           batches=k, num_classes=k, epochs=cfg.ca_epochs, lr=cfg.ca_lr,
+                           weight_decay=cfg.train.weight_decay, generator=ctx.generator(f"mos-ca:{session.index}"),
+                           device=ctx.device)
 
     def _record(self, session: Session, start: AdapterState, z: torch.Tensor, z_ret: torch.Tensor) -> None:
         with instrumenting(self.ctx) as d:
