@@ -1,4 +1,4 @@
-"""The ``pace`` command line: run | sweep | ablate | report | backbones | methods | data."""
+"""The ``pace`` command line: run | sweep | ablate | tune | report | backbones | methods | data."""
 
 from __future__ import annotations
 
@@ -63,11 +63,22 @@ def cmd_methods(args) -> int:
     from pace.registry import METHODS
     from pace.console import table
 
+    if args.space:  # the method's declared search space (what `pace tune` searches)
+        space = METHODS.get(args.space).config_cls.SEARCH_SPACE
+        if not space:
+            print(f"{args.space} declares no search space: `pace tune` has nothing to search")
+            return 0
+        rows = [[f"method.{k}", p["type"],
+                 ", ".join(map(str, p["values"])) if "values" in p else f"{p['low']:g} .. {p['high']:g}",
+                 ", ".join(f"method.{c}={v}" for c, v in (p.get("when") or {}).items()) or "-"]
+                for k, p in space.items()]
+        print(table(rows, ["key", "type", "range or values", "only when"]))
+        return 0
     rows = []
     for name, learner in METHODS.items():
         doc = (learner.config_cls.__doc__ or "").strip()
-        rows.append([name, doc.splitlines()[0] if doc else ""])
-    print(table(rows, ["method", "what it is"]))
+        rows.append([name, doc.splitlines()[0] if doc else "", len(learner.config_cls.SEARCH_SPACE)])
+    print(table(rows, ["method", "what it is", "searched keys (pace tune)"]))
     return 0
 
 
@@ -144,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--full", action="store_true", help="do not shorten the weights column")
     b.set_defaults(func=cmd_backbones)
     m = sub.add_parser("methods", help="list registered methods")
+    m.add_argument("--space", metavar="NAME", help="print the method's declared search space (pace tune)")
     m.set_defaults(func=cmd_methods)
     _add_data(sub)
     for builder, commands in _EXTERNAL.items():
@@ -191,6 +203,8 @@ _EXTERNAL = {
     "pace.study.cli:add_cli": {
         "sweep": "hyperparameter search on Ray Tune (Optuna/random/grid), tracked in MLflow",
         "ablate": "grid of variants x benchmarks x backbones x seeds on Ray Tune",
+        "tune": "tune every method with one budget on validation splits of several benchmarks; write the "
+                "winners to the per-backbone defaults",
     },
     "pace.report.cli:add_cli": {"report": "tables and figures from a study's MLflow runs (mean ± std over seeds)"},
     "pace.journal:add_cli": {"tracking": "MLflow tracking of studies: send writes kept during an outage"},

@@ -12,7 +12,7 @@ import copy
 import re
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator,
@@ -169,6 +169,12 @@ class MethodConfig(Strict):
     (``pace.methods.base.register_method``), so the method owns its fields."""
 
     name: str
+
+    #: the method's own search space for ``pace tune`` (pace.study.tune), declared beside its fields:
+    #: key relative to the method section -> a sweep ``Param`` mapping (type, low/high or values, and
+    #: ``when`` for a conditional key, its keys relative too). Every method is tuned over its own space
+    #: with the same trial budget; empty = nothing to tune (the method runs as configured).
+    SEARCH_SPACE: ClassVar[dict[str, dict[str, Any]]] = {}
 
     @staticmethod
     def known() -> list[str]:

@@ -68,7 +68,7 @@ def test_each_command_is_listed_once_after_building():
     p.parse_args(["sweep", "s.yaml"])
     names = [a.dest for a in _subparsers(p)._choices_actions]
     assert sorted(names) == sorted(set(names))
-    assert set(names) == {"run", "backbones", "methods", "data", "sweep", "ablate", "report", "tracking"}
+    assert set(names) == {"run", "backbones", "methods", "data", "sweep", "ablate", "report", "tracking", "tune"}
 
 
 def test_lazy_command_rejects_bad_arguments_with_its_usage(capsys):

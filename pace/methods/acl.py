@@ -8,7 +8,7 @@ equals the joint ridge solution on all sessions, whatever the partition.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -22,6 +22,10 @@ class ACLConfig(MethodConfig):
     """Recursive (Woodbury) analytic learning with a fixed ridge gamma on a frozen backbone."""
 
     name: Literal["acl"] = "acl"
+    SEARCH_SPACE: ClassVar[dict[str, dict[str, Any]]] = {
+        # ACL's gamma; its backbone stays as pretrained (fsa off), as in the paper's comparison
+        "analytic.lam": {"type": "log", "low": 0.01, "high": 1000.0},
+    }
     fsa: FSAConfig = Field(default_factory=lambda: FSAConfig(enabled=False))
     analytic: AnalyticConfig = Field(default_factory=lambda: AnalyticConfig(
         form="recursive", ridge="fixed", lam=1.0, proj_dim=8192))

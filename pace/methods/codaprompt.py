@@ -23,7 +23,7 @@ official code would produce zeros).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +40,10 @@ class CODAPromptConfig(MethodConfig):
     """Attention-weighted sums of prompt components, new orthogonal components per session."""
 
     name: Literal["codaprompt"] = "codaprompt"
+    SEARCH_SPACE: ClassVar[dict[str, dict[str, Any]]] = {
+        "train.lr": {"type": "log", "low": 0.0001, "high": 0.01},
+        "train.epochs": {"type": "int", "low": 1, "high": 8},
+    }
     blocks: list[int] | None = Field(None, description=BLOCKS_DOC)
     components_per_session: int = Field(10, ge=1)
     length: int = Field(8, ge=2, multiple_of=2)

@@ -25,7 +25,7 @@ Audio-forced changes and choices (config fields):
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +42,10 @@ class DualPromptConfig(MethodConfig):
     """G-prompt (shared) + per-session E-prompts with keys, both prefix-tuned."""
 
     name: Literal["dualprompt"] = "dualprompt"
+    SEARCH_SPACE: ClassVar[dict[str, dict[str, Any]]] = {
+        "train.lr": {"type": "log", "low": 0.001, "high": 0.1},
+        "train.epochs": {"type": "int", "low": 1, "high": 8},
+    }
     #: None: the official blocks 0-1 of a 12-block ViT at the same relative depth (relative_blocks)
     g_blocks: list[int] | None = None
     g_length: int = Field(5, ge=0)

@@ -52,7 +52,7 @@ sets are embedded once per subspace.
 from __future__ import annotations
 
 import hashlib
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -71,6 +71,11 @@ class EASEConfig(MethodConfig):
     """A new LoRA subspace per session, concatenated; prototypes, old ones complemented by similarity (EASE)."""
 
     name: Literal["ease"] = "ease"
+    SEARCH_SPACE: ClassVar[dict[str, dict[str, Any]]] = {
+        "train.lr": {"type": "log", "low": 0.001, "high": 0.1},
+        "train.epochs": {"type": "int", "low": 2, "high": 10},
+        "alpha": {"type": "float", "low": 0.0, "high": 1.0},
+    }
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=20, lr=0.025, weight_decay=5e-4))
     lora: LoRAConfig = Field(default_factory=LoRAConfig)
     blocks: list[int] | None = None  # None = every block (the official adapters are in all)

@@ -29,7 +29,7 @@ released scripts is the default ("variance" keeps diagonals).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +49,12 @@ class HiDePromptConfig(MethodConfig):
     """Hierarchical decomposition: TII on the frozen model, WTP prompts, TAP head on Gaussian replay."""
 
     name: Literal["hideprompt"] = "hideprompt"
+    SEARCH_SPACE: ClassVar[dict[str, dict[str, Any]]] = {
+        "train.lr": {"type": "log", "low": 0.001, "high": 0.1},
+        "train.epochs": {"type": "int", "low": 1, "high": 8},
+        "tii_train.lr": {"type": "log", "low": 0.0001, "high": 0.01},
+        "ca_lr": {"type": "log", "low": 0.0005, "high": 0.05},
+    }
     blocks: list[int] | None = Field(None, description=BLOCKS_DOC)
     length: int = Field(5, ge=1)
     init_from_previous: bool = True

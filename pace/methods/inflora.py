@@ -56,7 +56,7 @@ Where ours departs from the official code:
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -83,6 +83,10 @@ class InfLoRAConfig(MethodConfig):
     """InfLoRA: per-session LoRA whose frozen down-projection is orthogonal to earlier sessions' inputs."""
 
     name: Literal["inflora"] = "inflora"
+    SEARCH_SPACE: ClassVar[dict[str, dict[str, Any]]] = {
+        "train.lr": {"type": "log", "low": 0.0001, "high": 0.01},
+        "train.epochs": {"type": "int", "low": 2, "high": 10},
+    }
     rank: int = Field(10, ge=1)
     targets: list[Target] = Field(default_factory=lambda: ["k", "v"])
     blocks: list[int] | None = None  # None = every block

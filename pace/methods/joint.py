@@ -8,7 +8,7 @@ embeddings; ``joint_lora`` (methods/sequential_lora.py) also trains LoRA on the 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,10 @@ class JointConfig(MethodConfig):
     """Upper bound: retrain on all data seen so far after every session."""
 
     name: Literal["joint"] = "joint"
+    SEARCH_SPACE: ClassVar[dict[str, dict[str, Any]]] = {
+        "lr": {"type": "log", "low": 0.001, "high": 0.1},
+        "epochs": {"type": "int", "low": 20, "high": 100},
+    }
     epochs: int = Field(100, ge=1)
     lr: float = Field(0.01, gt=0)
     weight_decay: float = Field(0.0, ge=0)

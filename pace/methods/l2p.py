@@ -21,7 +21,7 @@ Audio-forced changes and choices (config fields):
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -37,6 +37,10 @@ class L2PConfig(MethodConfig):
     """Prompt pool with key matching (top-N by cosine), prompts prepended at the input."""
 
     name: Literal["l2p"] = "l2p"
+    SEARCH_SPACE: ClassVar[dict[str, dict[str, Any]]] = {
+        "train.lr": {"type": "log", "low": 0.001, "high": 0.1},
+        "train.epochs": {"type": "int", "low": 1, "high": 8},
+    }
     pool_size: int = Field(10, ge=1)
     length: int = Field(5, ge=1)
     top_k: int = Field(5, ge=1)

@@ -33,7 +33,7 @@ Where ours departs from the official code:
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -66,6 +66,9 @@ class LoRanPACConfig(MethodConfig):
     """Random features + incrementally truncated SVD least squares on a frozen backbone (LoRanPAC)."""
 
     name: Literal["loranpac"] = "loranpac"
+    SEARCH_SPACE: ClassVar[dict[str, dict[str, Any]]] = {
+        "head.truncate_percent": {"type": "float", "low": 5.0, "high": 60.0},
+    }
     fsa: FSAConfig = Field(default_factory=lambda: FSAConfig(enabled=False))
     head: TSVDHeadConfig = Field(default_factory=TSVDHeadConfig)
 

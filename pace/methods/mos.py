@@ -49,7 +49,7 @@ Where ours departs from the official code:
 from __future__ import annotations
 
 import hashlib
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -71,6 +71,10 @@ class MOSConfig(MethodConfig):
     """Per-session LoRA adapters merged towards the earlier ones, self-refined adapter retrieval (MOS)."""
 
     name: Literal["mos"] = "mos"
+    SEARCH_SPACE: ClassVar[dict[str, dict[str, Any]]] = {
+        "train.lr": {"type": "log", "low": 0.001, "high": 0.1},
+        "train.epochs": {"type": "int", "low": 2, "high": 10},
+    }
     lora: LoRAConfig = Field(default_factory=LoRAConfig)
     #: blocks that get the adapter; None = every block (official)
     blocks: list[int] | None = None

@@ -41,7 +41,7 @@ on every data set the N_stop rule admits (coarse ones included: set ``msa: false
 from __future__ import annotations
 
 import copy
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -64,6 +64,15 @@ class PACEConfig(MethodConfig):
     """PACE: improved FSA + subspace-projected multi-session LoRA + boundary loss + analytic head."""
 
     name: Literal["pace"] = "pace"
+    SEARCH_SPACE: ClassVar[dict[str, dict[str, Any]]] = {
+        "lr_backbone": {"type": "log", "low": 0.001, "high": 0.1},
+        "fsa_epochs": {"type": "int", "low": 2, "high": 10},
+        "head_strategy": {"type": "categorical", "values": ["learn_freeze", "same_lr"]},
+        "lr_head": {"type": "log", "low": 0.001, "high": 0.1, "when": {"head_strategy": "learn_freeze"}},
+        "head_epochs": {"type": "int", "low": 1, "high": 5, "when": {"head_strategy": "learn_freeze"}},
+        "msa_lr": {"type": "log", "low": 0.0001, "high": 0.05},
+        "msa_epochs": {"type": "int", "low": 1, "high": 5},
+    }
     # ---- stage 1
     fsa: bool = True
     fsa_epochs: int = Field(5, ge=0)  # E_0 (paper: 1 to 30 per data set)

@@ -10,7 +10,7 @@ cumulative system is solved. The head is the inner product with the ridge weight
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -27,6 +27,10 @@ class RanPACConfig(MethodConfig):
     """Random projection + ridge head on a backbone adapted on the first session (RanPAC)."""
 
     name: Literal["ranpac"] = "ranpac"
+    SEARCH_SPACE: ClassVar[dict[str, dict[str, Any]]] = {
+        "fsa.train.lr": {"type": "log", "low": 0.001, "high": 0.1},
+        "fsa.train.epochs": {"type": "int", "low": 2, "high": 10},
+    }
     fsa: FSAConfig = Field(default_factory=FSAConfig)
     analytic: AnalyticConfig = Field(default_factory=AnalyticConfig)
 

@@ -45,7 +45,7 @@ Where ours departs from the official code:
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -63,6 +63,10 @@ class SDLoRAConfig(MethodConfig):
     """SD-LoRA: per-session LoRA directions frozen after their session; all magnitudes keep learning."""
 
     name: Literal["sdlora"] = "sdlora"
+    SEARCH_SPACE: ClassVar[dict[str, dict[str, Any]]] = {
+        "train.lr": {"type": "log", "low": 0.001, "high": 0.1},
+        "train.epochs": {"type": "int", "low": 2, "high": 10},
+    }
     rank: int = Field(10, ge=1)
     #: SD-LoRA-RR: rank of session t's branch (0-based; the last entry holds after); None = rank throughout
     session_ranks: list[int] | None = None

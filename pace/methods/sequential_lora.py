@@ -15,7 +15,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -41,12 +41,23 @@ class PEFTFTConfig(_SeqLoRAConfig):
     """Sequential LoRA fine-tuning with a growing linear head (no protection against forgetting)."""
 
     name: Literal["peft_ft"] = "peft_ft"
+    SEARCH_SPACE: ClassVar[dict[str, dict[str, Any]]] = {
+        "train.lr": {"type": "log", "low": 0.001, "high": 0.1},
+        "train.epochs": {"type": "int", "low": 1, "high": 8},
+        "head_lr": {"type": "log", "low": 0.001, "high": 0.1},
+    }
 
 
 class LoRASubConfig(_SeqLoRAConfig):
     """LoRA-DRS: per-session LoRA with updates projected onto the current data's drift-resistant space."""
 
     name: Literal["lorasub"] = "lorasub"
+    SEARCH_SPACE: ClassVar[dict[str, dict[str, Any]]] = {
+        "train.lr": {"type": "log", "low": 0.001, "high": 0.1},
+        "train.epochs": {"type": "int", "low": 1, "high": 8},
+        "head_lr": {"type": "log", "low": 0.001, "high": 0.1},
+        "rho_svd": {"type": "float", "low": 0.9, "high": 0.999},
+    }
     rho_svd: float = Field(0.99, gt=0, le=1)
     energy: Literal["eig", "sv2"] = "eig"
     projection_mode: Literal["onto", "complement"] = "complement"
@@ -56,6 +67,11 @@ class JointLoRAConfig(_SeqLoRAConfig):
     """Upper bound: LoRA and head retrained on all data seen so far after every session."""
 
     name: Literal["joint_lora"] = "joint_lora"
+    SEARCH_SPACE: ClassVar[dict[str, dict[str, Any]]] = {
+        "train.lr": {"type": "log", "low": 0.001, "high": 0.1},
+        "train.epochs": {"type": "int", "low": 1, "high": 8},
+        "head_lr": {"type": "log", "low": 0.001, "high": 0.1},
+    }
 
 
 class SequentialLoRA(Learner):

@@ -8,7 +8,7 @@ partition. APER (Zhou et al., 2024) is the same head after first-session adaptat
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -24,6 +24,12 @@ class SimpleCILConfig(MethodConfig):
     """Nearest class mean (cosine) on frozen backbone embeddings; APER with fsa.enabled."""
 
     name: Literal["simplecil"] = "simplecil"
+    SEARCH_SPACE: ClassVar[dict[str, dict[str, Any]]] = {
+        # SimpleCIL (no adaptation) or APER (first-session adaptation): the search decides
+        "fsa.enabled": {"type": "categorical", "values": [False, True]},
+        "fsa.train.lr": {"type": "log", "low": 0.001, "high": 0.1, "when": {"fsa.enabled": True}},
+        "fsa.train.epochs": {"type": "int", "low": 2, "high": 10, "when": {"fsa.enabled": True}},
+    }
     fsa: FSAConfig = Field(default_factory=lambda: FSAConfig(enabled=False))
 
 

@@ -46,7 +46,7 @@ Where ours departs from the official code:
 from __future__ import annotations
 
 import copy
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +64,11 @@ class SLCAConfig(MethodConfig):
     """Slow learner (backbone at 0.01x the head's lr) + classifier alignment on class Gaussians (SLCA)."""
 
     name: Literal["slca"] = "slca"
+    SEARCH_SPACE: ClassVar[dict[str, dict[str, Any]]] = {
+        "train.lr": {"type": "log", "low": 0.001, "high": 0.1},
+        "train.epochs": {"type": "int", "low": 2, "high": 10},
+        "backbone_lr_scale": {"type": "log", "low": 0.001, "high": 0.1},
+    }
     #: ``lr`` is the head's (official ``lrate``); the backbone's is ``lr * backbone_lr_scale``
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=20, lr=0.01, weight_decay=5e-4))
     backbone_lr_scale: float = Field(0.01, ge=0)

@@ -20,7 +20,7 @@ S-Prompt++ config instead learns a key per prompt with a pull constraint (that i
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -35,6 +35,10 @@ class SPromptConfig(MethodConfig):
     """Session-specific prefix prompts selected by the query's nearest k-means centroid."""
 
     name: Literal["sprompt"] = "sprompt"
+    SEARCH_SPACE: ClassVar[dict[str, dict[str, Any]]] = {
+        "train.lr": {"type": "log", "low": 0.001, "high": 0.1},
+        "train.epochs": {"type": "int", "low": 1, "high": 8},
+    }
     blocks: list[int] | None = Field(None, description=BLOCKS_DOC)
     length: int = Field(5, ge=1)
     centroids_per_session: int = Field(5, ge=1)

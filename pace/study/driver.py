@@ -24,8 +24,8 @@ from pace.study.plugins import StudyHooks, load_plugins
 from pace.study.spec import SPEC_TYPES, StudySpec, load_spec, spec_type
 from pace.study.state import STATE_FILE, check_resumable, read_state, storage_root, write_file
 from pace.study.summary import (LABEL_ORDER, SUMMARY_FILE, collect, describe, finish_parent, not_started,
-                                study_sharing_line, summary_csv, summary_table)
-from pace.study.trial import ActorSink, TrialContext, split_trial_config, train_trial
+                                study_sharing_line, summary_csv)
+from pace.study.trial import ActorSink, TrialContext, split_trial_config
 
 #: tag on a parent run that ``--fresh`` replaced
 ARCHIVED_TAG = "pace.archived"
@@ -160,15 +160,21 @@ class _Study:
 
 
 def run_study(kind: str, path: str, opts: StudyOptions | None = None, out=None,
-              hooks: StudyHooks | None = None) -> StudyResult:
+              hooks: StudyHooks | None = None, spec: StudySpec | None = None) -> StudyResult:
     """Run (or ``opts.resume``) the study of ``kind`` ("sweep" or "ablation", a ``StudySpec.kind``) in
     spec file ``path``; prints a summary. ``hooks``, and the plugins named in $PACE_STUDY_PLUGINS,
-    extend the trials and the Tune run (pace.study.plugins)."""
+    extend the trials and the Tune run (pace.study.plugins). ``spec``: a spec already built from
+    ``path`` (``pace tune`` builds one per method from its tune file)."""
     out = out or (lambda s: print(s, flush=True))
     opts = opts or StudyOptions()
     quiet_ray()
     cwd = os.getcwd()
-    spec, base, note = load_spec(spec_type(kind), path, check_data=True)  # every spec error surfaces here
+    if spec is None:
+        spec, base, note = load_spec(spec_type(kind), path, check_data=True)  # every spec error surfaces here
+    else:
+        from pace.study.checks import DataCheck
+
+        base, note = spec.check(path, DataCheck())
     updates = spec.option_updates(opts)
     _check_options(opts)
     spec = spec.model_copy(update=updates)
@@ -298,8 +304,8 @@ def _run(s: _Study) -> StudyResult:
 
     ctx = TrialContext(base=s.base, cwd=s.cwd, experiment_id=exp_id, parent_run_id=parent, sink=actor,
                        cpus_per_trial=spec.resources.cpu, reporters=list(s.hooks.trial_reporters),
-                       instance=instance, tags=instance_tag, exp_path=s.exp_path)
-    trainable = tune.with_resources(tune.with_parameters(train_trial, ctx=ctx),
+                       instance=instance, tags=instance_tag, exp_path=s.exp_path, **spec.context_fields())
+    trainable = tune.with_resources(tune.with_parameters(spec.trainable(), ctx=ctx),
                                     {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     # fast trials + num_to_keep force frequent state snapshots; Tune's warning about it is noise here
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -358,7 +364,7 @@ def _print_summary(s: _Study, rows: list[dict[str, Any]], interrupted: bool, num
     spec, out = s.spec, s.out
     write_file(s.exp_path, SUMMARY_FILE, summary_csv(rows))
     out("")
-    out(summary_table(rows, spec.label_column, spec.objective))
+    out(spec.summary_table(rows))
     for line in spec.summary_lines(rows):
         out(line)
     sharing = study_sharing_line(rows)

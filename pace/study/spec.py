@@ -32,6 +32,7 @@ REPORTED_METRICS = (
     "val_last_accuracy", "val_average_incremental_accuracy", "val_acc_all", "val_acc_new",
     "last_accuracy", "average_incremental_accuracy", "forgetting", "bwt", "plasticity", "stability",
     "acc_all", "acc_new", "acc_old", "time_s", "peak_mem_mb",
+    "val_objective",  # pace tune's trials: the mean or worst validation accuracy over benchmarks
 )
 
 
@@ -153,7 +154,22 @@ class StudySpec(Strict):
 
         return {"trial": tune.grid_search(trials)}
 
+    def trainable(self):
+        """The Tune function trainable of this kind's trials (``config, ctx`` -> None)."""
+        from pace.study.trial import train_trial
+
+        return train_trial
+
+    def context_fields(self) -> dict[str, Any]:
+        """``TrialContext`` fields beyond the ones every study sets."""
+        return {}
+
     # -- tracking and summary
+    def summary_table(self, rows: list[dict[str, Any]]) -> str:
+        from pace.study.summary import summary_table
+
+        return summary_table(rows, self.label_column, self.objective)
+
     def tracking_params(self, base: dict[str, Any]) -> dict[str, Any]:
         """Params of the parent run beyond the ones every study logs."""
         return {}

@@ -52,7 +52,8 @@ def collect(exp_path: str, objective: str) -> tuple[list[dict[str, Any]], dict[s
             "last_accuracy": m.get("last_accuracy"),
             "average_incremental_accuracy": m.get("average_incremental_accuracy"),
             "forgetting": m.get("forgetting"), "objective": m.get(objective), "path": trial.path,
-            "stages_computed": m.get("stages_computed"), "stages_reused": m.get("stages_reused")})
+            "stages_computed": m.get("stages_computed"), "stages_reused": m.get("stages_reused"),
+            "result": m})
     rows.sort(key=lambda r: r["trial"])
     return rows, outcomes, interrupted
 

@@ -46,6 +46,9 @@ class TrialContext:
     instance: str = ""  # the study instance id (pace.study_instance): names work folders, tags runs
     tags: dict[str, str] = field(default_factory=dict)  # extra tags on every trial run
     exp_path: str = ""  # the experiment folder in storage
+    #: pace tune: benchmark name -> overrides, all run by every trial, and how their accuracies combine
+    benchmarks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    aggregate: str = "mean"
 
 
 def split_trial_config(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
