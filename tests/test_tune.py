@@ -20,6 +20,8 @@ from pace.study.tune import (TuneFile, flags_of, load_tune_file, method_space, o
                              provenance, ranked, winning_values, write_defaults)
 from pace.study.tune_trial import aggregate
 
+from conftest import REPO
+
 SYN_A = {"data": {"dataset": "synthetic", "label": "fine", "synthetic_classes": 6, "synthetic_clips_per_class": 8},
          "scenario.num_sessions": 3}
 SYN_B = {"data": {"dataset": "synthetic", "label": "fine", "synthetic_classes": 4, "synthetic_clips_per_class": 8},
@@ -27,7 +29,7 @@ SYN_B = {"data": {"dataset": "synthetic", "label": "fine", "synthetic_classes": 
 
 
 def _file(**kw) -> dict:
-    d = {"name": "tt", "backbone": {"name": "logmel-stats", "target_frames": 112},
+    d = {"name": "tt", "backbones": {"logmel-stats": {"target_frames": 112}},
          "base": {"scenario": {"val_fraction": 0.25}, "runtime": {"num_threads": 1}},
          "methods": {"joint": {"method.epochs": 20}, "acl": {"method.analytic.proj_dim": 256}},
          "benchmarks": {"syn-a": SYN_A, "syn-b": SYN_B}, "trials": 3, "max_concurrent": 2, "max_failures": 0}
@@ -76,7 +78,7 @@ def test_winner_values_and_provenance():
                                                                              "adaptation_inert.syn-b": 1.0})]
     assert winning_values(spec, rows) == {"method.lr": 0.02, "method.epochs": 40}
     text = provenance(spec, rows, "abc123", date="2026-12-07")
-    for part in ("pace tune sweeps/tune-x.yaml", "study tt-joint", "MLflow parent run abc123", "2026-12-07",
+    for part in ("pace tune sweeps/tune-x.yaml --backbone logmel-stats", "study tt-logmel-stats-joint", "MLflow parent run abc123", "2026-12-07",
                  "3 trials (the budget of every method in the file", "seeded random search",
                  "the mean of val_last_accuracy on the VALIDATION splits of syn-a, syn-b",
                  "best trial t001 75.50 (syn-a 71.00, syn-b 80.00)", "runner-up t000 -5.50 points",
@@ -97,7 +99,7 @@ def test_every_method_gets_the_same_budget_and_its_own_space():
     assert {s.searcher.seed for s in specs} == {0}
     assert set(specs[0].search) == {"method.lr", "method.epochs"}
     assert set(specs[1].search) == {"method.analytic.lam"}
-    assert specs[1].base["method"]["name"] == "acl" and specs[1].name == "tt-acl"
+    assert specs[1].base["method"]["name"] == "acl" and specs[1].name == "tt-logmel-stats-acl"
     # sessions of every benchmark: ASHA's max_t
     assert specs[0].max_sessions(specs[0].base) == 5
 
@@ -107,9 +109,15 @@ def test_tune_file_errors_name_the_field():
         TuneFile.model_validate(_file(methods=["pacee"]))
     with pytest.raises(Exception, match="trials"):
         TuneFile.model_validate(_file(trials=0))
+    with pytest.raises(Exception, match="unknown backbone 'whisper-tine'"):
+        TuneFile.model_validate(_file(backbones={"whisper-tine": {}}))
+    with pytest.raises(Exception, match="sets name; the entry's key is the name"):
+        TuneFile.model_validate(_file(backbones={"whisper-tiny": {"name": "x"}}))
     tf = TuneFile.model_validate(_file())
     with pytest.raises(SpecError, match="'pace' is not in this file's methods"):
         tf.method_spec("pace", "f.yaml")
+    with pytest.raises(SpecError, match="backbone 'whisper-base' is not in this file's backbones"):
+        tf.method_spec("joint", "f.yaml", "whisper-base")
 
 
 def test_load_tune_file_reports_the_file(tmp_path):
@@ -177,10 +185,10 @@ def test_tune_two_methods_end_to_end(tmp_path, monkeypatch, capsys):
     defaults.write_text(yaml.safe_dump({"whisper-tiny": {"pace": {"method.msa_lr": {"value": 0.1, "source": "x"}}}}))
     assert main(["tune", "tune.yaml", "--defaults", str(defaults)]) == 0
     out = capsys.readouterr().out
-    assert "tuned 2 methods with 3 trials each" in out
+    assert "tuned 2 studies with 3 trials each" in out
     for method, keys in (("joint", {"method.lr", "method.epochs"}), ("acl", {"method.analytic.lam"})):
         results = []
-        for trial_dir in sorted((tmp_path / "ray_results" / f"tt-{method}").glob("t0*")):
+        for trial_dir in sorted((tmp_path / "ray_results" / f"tt-logmel-stats-{method}").glob("t0*")):
             lines = (trial_dir / "result.json").read_text().splitlines()
             last = json.loads(lines[-1])
             results.append((trial_dir.name, last))
@@ -200,7 +208,7 @@ def test_tune_two_methods_end_to_end(tmp_path, monkeypatch, capsys):
     import mlflow
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    runs = mlflow.search_runs(experiment_names=["tt-joint"])
+    runs = mlflow.search_runs(experiment_names=["tt-logmel-stats-joint"])
     children = runs[runs["tags.pace.role"] != "study"]
     assert set(children["tags.benchmark"]) == {"syn-a", "syn-b"}
     assert set(children["status"]) == {"FINISHED"}
@@ -216,3 +224,21 @@ def test_tune_refuses_a_method_without_a_space(monkeypatch):
     monkeypatch.setattr(tune_mod, "method_space", lambda m: {})
     with pytest.raises(SpecError, match="declares no search space"):
         tf.method_spec("joint", "f.yaml")
+
+
+def test_shipped_tune_file_checks_every_method(monkeypatch, fsdd):
+    """sweeps/tune.yaml: every method it lists builds a study whose trial configs all
+    validate on every benchmark (the data check needs the rendered instruments; the configs do not)."""
+    from pace.study.tune import load_tune_file
+
+    tf = load_tune_file(REPO / "sweeps" / "tune.yaml")
+    assert tf.aggregate == "mean" and len(tf.benchmarks) >= 3
+    assert set(tf.backbones) == {"whisper-tiny", "whisper-base", "crepe-tiny"}
+    for method in tf.methods:
+        spec = tf.method_spec(method, "sweeps/tune.yaml", "whisper-tiny")
+        assert spec.samples == tf.trials and spec.search == method_space(method)
+        assert spec.refusal() is None
+        spec.check("sweeps/tune.yaml")
+    # a prompt method on the CNN is refused with the reason, before any trial
+    assert "does not support prompt" in tf.method_spec("l2p", "sweeps/tune.yaml", "crepe-tiny").refusal()
+    assert tf.method_spec("pace", "sweeps/tune.yaml", "crepe-tiny").refusal() is None

@@ -39,8 +39,8 @@ def cmd_ablate(args) -> int:
 
 
 def cmd_tune(args) -> int:
-    """Tune every method of the file (or ``--methods``) with the file's budget, one study each, and
-    write each winner to the defaults file unless ``--no-write``."""
+    """Tune every method of the file (or ``--methods``) on every backbone of it (or ``--backbone``) with
+    the file's budget, one study each, and write each winner to the defaults file unless ``--no-write``."""
     import time
     from pathlib import Path
 
@@ -51,24 +51,31 @@ def cmd_tune(args) -> int:
 
     tf = load_tune_file(args.spec)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else list(tf.methods)
-    specs = [tf.method_spec(m, args.spec) for m in methods]  # every method's space is checked up front
+    backbones = [b.strip() for b in args.backbone.split(",") if b.strip()] if args.backbone else list(tf.backbones)
+    # every method's space and every trial config is checked before the first study starts
+    specs = [tf.method_spec(m, args.spec, b) for b in backbones for m in methods]
     target = Path(args.defaults) if args.defaults else BACKBONE_DEFAULTS
     opts = StudyOptions(resume=args.resume, fresh=args.fresh, tracking_uri=args.tracking_uri, storage=args.storage,
                         max_concurrent=args.max_concurrent, address=args.address, track=args.track,
                         connect_timeout_s=args.connect_timeout)
     status, times = 0, []
     for spec in specs:
+        why = spec.refusal()
+        if why:
+            print(f"{spec.backbone} {spec.method}: not tuned: {why}")
+            continue
         start = time.monotonic()
         try:
             res = run_study(spec.kind, args.spec, opts, spec=spec)
-        except SpecError as exc:  # this method cannot start (an earlier study of its name, ...); go on
-            print(f"{spec.method}: not tuned: {exc}")
+        except SpecError as exc:  # this study cannot start (an earlier one of its name, ...); go on
+            print(f"{spec.backbone} {spec.method}: not tuned: {exc}")
             status = 1
             continue
         wall = time.monotonic() - start
         trial_s = sum(float((r.get("result") or {}).get("time_total_s") or 0.0) for r in res.rows)
         times.append((spec.method, wall, trial_s))
-        print(f"{spec.method}: {spec.samples} trials in {wall / 60:.1f} min wall, {trial_s / 60:.1f} trial-minutes")
+        print(f"{spec.backbone} {spec.method}: {spec.samples} trials in {wall / 60:.1f} min wall, "
+              f"{trial_s / 60:.1f} trial-minutes")
         if res.interrupted:
             return 130
         status = status or (1 if res.num_errors else 0)
@@ -80,11 +87,10 @@ def cmd_tune(args) -> int:
             print(f"not written: {exc}")
             status = 1
             continue
-        write_defaults(target, tf.backbone_name, spec.method, values, provenance(spec, res.rows, res.parent_run_id))
-        print(f"wrote {tf.backbone_name}.{spec.method} to {target}: "
-              + ", ".join(f"{k}={v}" for k, v in values.items()))
+        write_defaults(target, spec.backbone, spec.method, values, provenance(spec, res.rows, res.parent_run_id))
+        print(f"wrote {spec.backbone}.{spec.method} to {target}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
     if len(times) > 1:
-        print(f"tuned {len(times)} methods with {tf.trials} trials each: {sum(t[1] for t in times) / 60:.1f} min "
+        print(f"tuned {len(times)} studies with {tf.trials} trials each: {sum(t[1] for t in times) / 60:.1f} min "
               f"wall, {sum(t[2] for t in times) / 60:.1f} trial-minutes")
     return status
 
@@ -102,9 +108,10 @@ def add_cli(sub) -> None:
     a.set_defaults(func=cmd_ablate)
     t = sub.add_parser("tune", help=("tune every method with one budget on validation splits of several "
                                      "benchmarks; write the winners to the per-backbone defaults"))
-    t.add_argument("spec", help="tune file YAML (sweeps/tune-*.yaml)")
+    t.add_argument("spec", help="tune file YAML (sweeps/tune.yaml)")
     _add_common(t)
     t.add_argument("--methods", metavar="NAMES", help="comma-separated subset of the file's methods (default: all)")
+    t.add_argument("--backbone", metavar="NAMES", help="comma-separated subset of the file's backbones (default: all)")
     t.add_argument("--defaults", metavar="PATH", help="defaults file to update (default: pace/defaults/backbones.yaml)")
     t.add_argument("--no-write", action="store_true", help="print the winners, leave the defaults file alone")
     t.set_defaults(func=cmd_tune)

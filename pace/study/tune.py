@@ -1,7 +1,7 @@
 """``pace tune``: one equal-budget tuning protocol for every method.
 
-A tune file (``sweeps/tune-<backbone>.yaml``) names a backbone, the methods, the benchmark families and
-the budget. For each method, ``pace tune`` runs one study (a ``TuneSpec``: a sweep whose trials run
+A tune file (``sweeps/tune.yaml``) names the backbones, the methods, the benchmark families and the
+budget. For each backbone and method, ``pace tune`` runs one study (a ``TuneSpec``: a sweep whose trials run
 every benchmark) over the method's **own declared search space** (``SEARCH_SPACE`` beside its config
 fields), with the same number of trials, the same seeded TPE sampler and the same ASHA schedule for
 every method. A trial runs the benchmarks one after another on their **validation** splits (the
@@ -72,7 +72,8 @@ class TuneSpec(SweepSpec):
     #: benchmark name -> dotted data/scenario overrides; a trial runs them in this order
     benchmarks: dict[str, dict[str, Any]] = Field(min_length=1)
     aggregate: Literal["mean", "worst"] = "mean"
-    #: the method tuned, the tune file it came from and the keys pinned to class defaults (provenance)
+    #: the backbone and method tuned, the tune file it came from and the keys pinned to class defaults
+    backbone: str
     method: str
     source_file: str
     pinned: dict[str, Any] = Field(default_factory=dict)
@@ -89,6 +90,15 @@ class TuneSpec(SweepSpec):
         from pace.study.tune_trial import train_tune_trial
 
         return train_tune_trial
+
+    def refusal(self) -> str | None:
+        """Why the method cannot run on the backbone (a prompt method on a CNN), or None."""
+        from pace.config import validate_config
+        from pace.study.checks import known_refusals
+
+        bench = next(iter(self.benchmarks.values()))
+        found = known_refusals(validate_config(compose(self.resolve_base()[0], bench)))
+        return found[0][1] if found else None
 
     def context_fields(self) -> dict[str, Any]:
         return {"benchmarks": dict(self.benchmarks), "aggregate": self.aggregate}
@@ -111,12 +121,12 @@ class TuneSpec(SweepSpec):
 
 
 class TuneFile(Strict):
-    """``sweeps/tune-<backbone>.yaml``: the protocol, shared by every method it tunes."""
+    """``sweeps/tune.yaml``: the protocol, shared by every backbone and method it tunes."""
 
-    #: prefix of each method's study name: ``<name>-<method>``
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
-    #: the backbone section (name and input length); defaults are written under its name
-    backbone: dict[str, Any]
+    #: prefix of each study's name: ``<name>-<backbone>-<method>``
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=80)
+    #: backbone name -> the rest of its section (input length); defaults are written under the name
+    backbones: dict[str, dict[str, Any] | None] = Field(min_length=1)
     #: run-config settings every trial shares (runtime, scenario.val_fraction, ...)
     base: dict[str, Any] = Field(default_factory=dict)
     #: method -> dotted overrides that are fixed, not searched (CPU sizing: views, projection width);
@@ -149,18 +159,29 @@ class TuneFile(Strict):
                 raise ValueError(f"unknown method {n!r}{did_you_mean(n, known)} (one of: {', '.join(known)})")
         return {n: {} for n in v} if isinstance(v, list) else {k: (o or {}) for k, o in v.items()}
 
-    @field_validator("backbone")
+    @field_validator("backbones")
     @classmethod
-    def _backbone_named(cls, v):
-        if not isinstance(v.get("name"), str):
-            raise ValueError("backbone needs a 'name' (see `pace backbones`)")
-        return v
+    def _backbone_sections(cls, v):
+        from pace.backbones.registry import get_spec
 
-    @property
-    def backbone_name(self) -> str:
-        return self.backbone["name"]
+        out = {}
+        for name, section in v.items():
+            try:
+                get_spec(name)
+            except ValueError as exc:
+                raise ValueError(f"backbones: {exc}") from None
+            section = dict(section or {})
+            if "name" in section:
+                raise ValueError(f"backbones[{name!r}] sets name; the entry's key is the name")
+            out[name] = section
+        return out
 
-    def method_spec(self, method: str, source: str) -> TuneSpec:
+    def method_spec(self, method: str, source: str, backbone: str | None = None) -> TuneSpec:
+        """The study of ``method`` on ``backbone`` (the file's first when None)."""
+        backbone = backbone or next(iter(self.backbones))
+        if backbone not in self.backbones:
+            raise SpecError(f"{source}: backbone {backbone!r} is not in this file's backbones "
+                            f"({', '.join(self.backbones)}){did_you_mean(backbone, self.backbones)}")
         if method not in self.methods:
             raise SpecError(f"{source}: method {method!r} is not in this file's methods "
                             f"({', '.join(self.methods)}){did_you_mean(method, self.methods)}")
@@ -168,13 +189,15 @@ class TuneFile(Strict):
         if not search:
             raise SpecError(f"{source}: method {method!r} declares no search space (SEARCH_SPACE); "
                             "there is nothing to tune")
-        base = compose(self.base, {"backbone": self.backbone, "method": {"name": method},
+        base = compose(self.base, {"backbone": {"name": backbone, **self.backbones[backbone]},
+                                   "method": {"name": method},
                                    "seeds": {"class_order": self.seed, "split": self.seed, "init": self.seed}})
         base = compose(base, self.methods[method] or {})
-        pinned = pinned_defaults(self.backbone_name, method, set(search), base)
+        pinned = pinned_defaults(backbone, method, set(search), base)
         base = compose(base, pinned)
-        base["name"] = f"{self.name}-{method}"
-        return TuneSpec(name=f"{self.name}-{method}", base=base, search=search, searcher=self.searcher,
+        name = f"{self.name}-{backbone}-{method}"
+        base["name"] = name
+        return TuneSpec(name=name, base=base, backbone=backbone, search=search, searcher=self.searcher,
                         scheduler=self.scheduler, num_samples=self.trials, benchmarks=self.benchmarks,
                         aggregate=self.aggregate, method=method, source_file=source, pinned=pinned,
                         max_concurrent=self.max_concurrent, resources=self.resources,
@@ -273,7 +296,7 @@ def provenance(spec: TuneSpec, rows: list[dict[str, Any]], study_id: str | None,
     sched = (f"ASHA grace {spec.scheduler.grace_period} reduction {spec.scheduler.reduction_factor:g} over "
              f"sessions" if spec.scheduler else "no early stopping")
     per = ", ".join(f"{b} {fmt(_bench_metric(best, b, 'val'))}" for b in spec.benchmarks)
-    text = (f"pace tune {spec.source_file} (study {spec.name}"
+    text = (f"pace tune {spec.source_file} --backbone {spec.backbone} (study {spec.name}"
             + (f", MLflow parent run {study_id}" if study_id else "")
             + f"), {date}: Optuna TPE seed {spec.searcher.seed}, {spec.samples} trials (the budget of every "
             f"method in the file{RANDOM_NOTE if spec.samples <= TPE_STARTUP else ''}), {sched}; "
