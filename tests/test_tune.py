@@ -78,7 +78,8 @@ def test_winner_values_and_provenance():
                                                                              "adaptation_inert.syn-b": 1.0})]
     assert winning_values(spec, rows) == {"method.lr": 0.02, "method.epochs": 40}
     text = provenance(spec, rows, "abc123", date="2026-12-07")
-    for part in ("pace tune sweeps/tune-x.yaml --backbone logmel-stats", "study tt-logmel-stats-joint", "MLflow parent run abc123", "2026-12-07",
+    for part in ("pace tune sweeps/tune-x.yaml --backbone logmel-stats", "study tt-logmel-stats-joint",
+                 "MLflow parent run abc123", "2026-12-07",
                  "3 trials (the budget of every method in the file", "seeded random search",
                  "the mean of val_last_accuracy on the VALIDATION splits of syn-a, syn-b",
                  "best trial t001 75.50 (syn-a 71.00, syn-b 80.00)", "runner-up t000 -5.50 points",
