@@ -57,17 +57,20 @@ def test_aggregate_mean_and_worst():
 def test_flags_stay_out_of_the_ranking():
     # t001 scores higher but raised head_acc_fell on one benchmark; it still wins: flags describe
     rows = [_row("t000", 80.0, {"method.lr": 0.1}),
-            _row("t001", 85.0, {"method.lr": 0.2}, **{"val.a": 90.0, "val.b": 80.0, "head_acc_fell.a": 1.0,
-                                                      "adaptation_inert.b": 0.0}),
+            _row("t001", 85.0, {"method.lr": 0.2}, **{
+                "val.a": 90.0, "val.b": 80.0, "head_acc_fell.a": 1.0, "adaptation_inert.b": 1.0,
+                "inert.b": "msa: inert in all 2 session(s) it adapted, which took 11.4 s of learner time"}),
             _row("t002", 85.0, {"method.lr": 0.3}),  # tied with t001: the earlier trial wins
             _row("t003", 99.0, status="stopped early"),  # did not finish every benchmark: not ranked
             _row("t004", None, status="failed")]
     assert [r["trial"] for r in ranked(rows)] == ["t001", "t002", "t000"]
-    assert flags_of(rows[1], ["a", "b"]) == {"a": ["head_acc_fell"]}
+    assert flags_of(rows[1], ["a", "b"]) == {"a": ["head_acc_fell"],
+                                             "b": ["adaptation_inert (msa: 2 sessions, 11.4 s)"]}
     lines = outcome_lines(rows, ["a", "b"])
     assert lines[0].startswith("best trial: t001 (val_objective 85.00)")
     assert lines[1].startswith("  runner-up t002: 0.00 points") and lines[2].startswith("  runner-up t000: -5.00")
-    assert lines[-1] == "  the winner is flagged (described, not ranked): a: head_acc_fell"
+    assert lines[-1] == ("  the winner is flagged (described, not ranked): a: head_acc_fell; "
+                         "b: adaptation_inert (msa: 2 sessions, 11.4 s)")
 
 
 def test_winner_values_and_provenance():
@@ -243,3 +246,15 @@ def test_shipped_tune_file_checks_every_method(monkeypatch, fsdd):
     # a prompt method on the CNN is refused with the reason, before any trial
     assert "does not support prompt" in tf.method_spec("l2p", "sweeps/tune.yaml", "crepe-tiny").refusal()
     assert tf.method_spec("pace", "sweeps/tune.yaml", "crepe-tiny").refusal() is None
+
+
+def test_inert_stage_line_is_what_the_diagnostics_write():
+    """The tune summary parses the stage line of pace.methods.diagnostics.inert_flags: the two must agree."""
+    from pace.methods.diagnostics import inert_flags
+    from pace.study.tune_trial import INERT_STAGE
+
+    diags = [{"adapted": 1, "stage": "fsa", "delta_w_session_rel": 0.2, "emb_cosine": 0.9},
+             {"adapted": 1, "stage": "msa", "delta_w_session_rel": 1e-5, "emb_cosine": 1.0},
+             {"adapted": 1, "stage": "msa", "delta_w_session_rel": 2e-5, "emb_cosine": 1.0}]
+    reasons = inert_flags(diags, [30.0, 5.5, 6.0])["adaptation_inert_reasons"]
+    assert [m.groups() for r in reasons if (m := INERT_STAGE.match(r))] == [("msa", "2", "11.5")]

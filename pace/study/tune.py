@@ -37,7 +37,7 @@ from pace.study import SpecError
 from pace.study.checks import DataCheck, check_sweep
 from pace.study.space import Param
 from pace.study.spec import Resources, Scheduler, Searcher, SweepSpec
-from pace.study.tune_trial import FLAGS, OBJECTIVE, aggregate  # noqa: F401 (aggregate: re-exported)
+from pace.study.tune_trial import FLAGS, INERT_STAGE, OBJECTIVE, aggregate  # noqa: F401 (aggregate: re-exported)
 
 #: Optuna's TPE proposes its first trials at random (``n_startup_trials``, 10 by default)
 TPE_STARTUP = 10
@@ -233,10 +233,17 @@ def _bench_metric(row: dict[str, Any], bench: str, what: str) -> Any:
 
 
 def flags_of(row: dict[str, Any], benches: list[str]) -> dict[str, list[str]]:
-    """benchmark -> the flags the trial raised there (empty lists left out)."""
+    """benchmark -> the flags the trial raised there (empty lists left out); an inert flag names the
+    stage, its sessions and their learner time, e.g. ``adaptation_inert (msa: 2 sessions, 11.4 s)``."""
     out = {}
     for b in benches:
-        raised = [f for f in FLAGS if _bench_metric(row, b, f) == 1.0]
+        raised = []
+        for f in FLAGS:
+            if _bench_metric(row, b, f) != 1.0:
+                continue
+            stages = INERT_STAGE.findall(str(_bench_metric(row, b, "inert") or "")) if f == "adaptation_inert" else []
+            raised.append(f + (" (" + "; ".join(f"{st}: {n} sessions, {s} s" for st, n, s in stages) + ")"
+                               if stages else ""))
         if raised:
             out[b] = raised
     return out

@@ -3,7 +3,8 @@
 After every session it reports the tune objective (pace.study.tune.aggregate over the benchmarks
 finished, at their validation last accuracy, and the one in progress, at its current validation
 accuracy), ``sessions_done`` counted across benchmarks (what ASHA schedules on), and, once a benchmark
-ends, ``val.<benchmark>`` and its flags ``<flag>.<benchmark>`` (1.0 raised, 0.0 not). Each benchmark
+ends, ``val.<benchmark>``, its flags ``<flag>.<benchmark>`` (1.0 raised, 0.0 not) and, when a stage
+was inert, ``inert.<benchmark>`` (which stage, in how many sessions, at what learner time). Each benchmark
 is its own MLflow child run (tags ``benchmark`` and ``tune_trial``).
 
 A tune trial keeps no mid-trial checkpoint: a retried or resumed trial runs its benchmarks again
@@ -12,6 +13,7 @@ from the start (tuning runs are short; the Tune study itself resumes with ``--re
 
 from __future__ import annotations
 
+import re
 import shutil
 import statistics
 from typing import Any
@@ -24,6 +26,10 @@ from pace.study.trial import (SESSIONS_DONE, ActorSink, TrialContext, Validation
 OBJECTIVE = "val_objective"
 #: the flags a trial reports per benchmark (pace.methods.diagnostics); never part of the objective
 FLAGS = ("adaptation_inert", "head_acc_fell", "head_acc_unchanged")
+
+
+#: the per-stage line of ``adaptation_inert_reasons`` (pace.methods.diagnostics.inert_flags)
+INERT_STAGE = re.compile(r"(\w+): inert in all (\d+) session\(s\) it adapted, which took ([\d.]+) s")
 
 
 def aggregate(values: list[float], how: str) -> float:
@@ -84,7 +90,7 @@ def train_tune_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         cfgs[bench] = validate_config(absolutize(raw, ctx.cwd), f"trial {overrides} on {bench}")
     total = sum(c.scenario.num_sessions for c in cfgs.values())
     done: dict[str, float] = {}
-    extra: dict[str, float] = {}  # val.<bench> and <flag>.<bench> of the finished benchmarks
+    extra: dict[str, Any] = {}  # val.<bench>, <flag>.<bench> and inert.<bench> of the finished benchmarks
     offset = 0
     root = work_dir(ctx.instance, tc.get_trial_id())
     progress = None
@@ -117,6 +123,10 @@ def train_tune_trial(config: dict[str, Any], ctx: TrialContext) -> None:
             extra[f"val.{bench}"] = done[bench]
             for flag in FLAGS:
                 extra[f"{flag}.{bench}"] = 1.0 if final.get(flag) else 0.0
+            # which stage did nothing, in how many sessions, at what learner time (the defaults' source says it)
+            stages = [r for r in final.get("adaptation_inert_reasons") or [] if INERT_STAGE.match(r)]
+            if stages:
+                extra[f"inert.{bench}"] = "; ".join(stages)
             offset += cfg.scenario.num_sessions
         last = dict(progress.last_metrics or {})
         last.update(extra)
