@@ -308,3 +308,30 @@ def _to_float(v: object) -> float | None:
     except (TypeError, ValueError):
         return None
     return f if math.isfinite(f) else None
+
+
+def paired_differences(diffs: Sequence[tuple[str, Sequence[float], float, float, float]], path: str | Path,
+                       reference: str, xlabel: str) -> Path:
+    """A forest plot of paired differences against ``reference``: one row per method, its per-unit
+    differences as dots, the mean as a square with its bootstrap interval, and a line at 0. A row whose
+    interval excludes 0 (separable) is drawn solid, one whose interval includes it hollow.
+
+    ``diffs``: (name, per-unit differences, mean, lo, hi), drawn top to bottom in the given order."""
+    n = len(diffs)
+    fig = _figure(6.0, 0.9 + 0.32 * max(n, 1))
+    ax = fig.add_subplot()
+    ax.axvline(0.0, color="0.4", lw=0.8, zorder=0)
+    for i, (_name, units, mean, lo, hi) in enumerate(diffs):
+        y = n - 1 - i
+        pts = [u for u in units if u is not None and math.isfinite(u)]
+        ax.scatter(pts, [y] * len(pts), s=9, color="0.55", zorder=1)
+        if math.isfinite(mean):
+            separable = len(pts) > 1 and (lo > 0 or hi < 0)
+            ax.errorbar([mean], [y], xerr=[[mean - lo], [hi - mean]], fmt="s", ms=5, capsize=3, color="C0",
+                        mfc="C0" if separable else "white", zorder=2)
+    ax.set_yticks(range(n), [d[0] for d in reversed(diffs)])
+    ax.set_ylim(-0.7, n - 0.3)
+    ax.set_xlabel(f"{xlabel} − {reference} (points)")
+    ax.set_title(f"paired differences against {reference} (solid: interval excludes 0)", fontsize=9)
+    ax.grid(axis="x", lw=0.3)
+    return _save(fig, path)

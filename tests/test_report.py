@@ -435,6 +435,33 @@ def test_paired_report_from_store(store, tmp_path, capsys):
     assert "wo_fsa vs full: -5.60 points" in out and "full has the higher last accuracy" in out
     assert "| full | 1 |" in out and "| wo_fsa | 2 |" in out  # two tiers in the ranking
     assert (tmp_path / "paired_last_accuracy.csv").is_file() and (tmp_path / "ranking_last_accuracy.md").is_file()
+    assert (tmp_path / "paired_last_accuracy.png").read_bytes()[:4] == b"\x89PNG"  # the forest plot
+
+
+def test_paired_figure_draws_each_difference_with_its_interval(tmp_path, monkeypatch):
+    """The forest plot shows the table's numbers: a hand-made separable gap (solid) and a zero gap (hollow)."""
+    import pandas as pd
+
+    from pace import figures
+    from pace.report.render import paired_figure
+
+    rows = pd.DataFrame([{"variant": v, "benchmark": "b", "seed": str(s), "value": val}
+                         for s in range(4) for v, val in (("ref", 50.0 + s), ("gap", 45.0 + s),
+                                                            ("same", 50.0 + s + (1 if s % 2 else -1)))])
+    seen = {}
+    orig = figures.paired_differences
+
+    def spy(diffs, path, reference, xlabel):
+        seen.update({d[0]: d for d in diffs})
+        return orig(diffs, path, reference, xlabel)
+
+    monkeypatch.setattr(figures, "paired_differences", spy)
+    out = paired_figure(rows, "variant", "ref", "last_accuracy", ("benchmark", "seed"), tmp_path / "p.png")
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    assert list(seen) == ["same", "gap"]  # largest mean difference on top
+    name, units, mean, lo, hi = seen["gap"]
+    assert units == [-5.0] * 4 and (mean, lo, hi) == (-5.0, -5.0, -5.0)
+    assert seen["same"][2] == 0.0 and seen["same"][3] < 0 < seen["same"][4]
 
 
 def test_against_paper_names_what_differs_from_the_papers_setting(store, tmp_path, capsys):

@@ -14,7 +14,7 @@ from pace.report.cells import (CONFIG_KEY, Grouping, aggregate, choose_grouping,
 from pace.report.paired import UNIT, paired_table, ranking, ranking_table
 from pace.report.paper import against_paper
 from pace.report.read import Study, load_study, resolve_uri
-from pace.report.render import PARENT_ARTIFACT_DIR, log_to_parent, make_figures, slug, write_tables
+from pace.report.render import PARENT_ARTIFACT_DIR, log_to_parent, make_figures, paired_figure, slug, write_tables
 from pace.report.tables import FORMATS, RENDER, Table, build_table, compare_table, to_markdown
 from pace.tracking import INSTANCE_TAG
 
@@ -69,9 +69,10 @@ def run_report(uri: str, experiment: str, out: Path, metrics: Sequence[str] = ("
 
 def run_paired(uri: str, experiment: str, out: Path, reference: str, metrics: Sequence[str] = ("last_accuracy",),
                by: str = "variant", unit: Sequence[str] = UNIT, formats: Sequence[str] = FORMATS,
-               all_instances: bool = False) -> ReportResult:
+               all_instances: bool = False, figures: bool = True) -> ReportResult:
     """Every ``by`` value against ``reference``, paired per ``unit`` (benchmark, seed), with bootstrap
-    intervals, and the ranking in tiers the data separate (pace.report.paired)."""
+    intervals, and the ranking in tiers the data separate (pace.report.paired); with ``figures``, a
+    forest plot of the differences per metric (``paired_<metric>.png``)."""
     study = load_study(uri, experiment, all_instances)
     if study.runs.empty:
         raise ValueError(f"experiment {experiment!r} has no FINISHED runs to compare")
@@ -86,6 +87,8 @@ def run_paired(uri: str, experiment: str, out: Path, reference: str, metrics: Se
         tables[f"{metric} paired"], tables[f"{metric} ranking"] = t, r
         files += write_tables(t, out, f"paired_{slug(metric)}", formats)
         files += write_tables(r, out, f"ranking_{slug(metric)}", formats)
+        if figures:
+            files.append(paired_figure(rows, by, reference, metric, tuple(unit), out / f"paired_{slug(metric)}.png"))
     return ReportResult(files, tables, list(dict.fromkeys(notes)), None, study.instance)
 
 
@@ -166,7 +169,7 @@ def cmd_report(args) -> int:
         out = Path(args.out or Path("reports") / f"{slug(args.experiment)}_paired")
         by = (_list(args.group_by) or ["variant"])[0]
         res = run_paired(uri, args.experiment, out, args.paired, metrics, by, _list(args.pair_over) or UNIT,
-                         formats, args.all_instances)
+                         formats, args.all_instances, not args.no_figures)
     elif args.against:
         out = Path(args.out or Path("reports") / f"{slug(args.experiment)}_paper")
         by = (_list(args.group_by) or [None])[0]
