@@ -258,3 +258,20 @@ def test_inert_stage_line_is_what_the_diagnostics_write():
              {"adapted": 1, "stage": "msa", "delta_w_session_rel": 2e-5, "emb_cosine": 1.0}]
     reasons = inert_flags(diags, [30.0, 5.5, 6.0])["adaptation_inert_reasons"]
     assert [m.groups() for r in reasons if (m := INERT_STAGE.match(r))] == [("msa", "2", "11.5")]
+
+
+def test_every_method_of_the_protocol_ships_whisper_tiny_defaults_from_it():
+    """pace/defaults/backbones.yaml: every method the tune file lists has its Whisper tiny.en entry from
+    that protocol (no hand-set or older-search values), and only keys of the method's own space."""
+    from pace.study.tune import load_tune_file
+
+    tf = load_tune_file(REPO / "sweeps" / "tune.yaml")
+    for method in tf.methods:
+        entries = backbone_defaults("whisper-tiny", method)
+        assert entries, f"{method}: no whisper-tiny defaults"
+        assert set(entries) <= set(method_space(method)), method
+        for key, e in entries.items():
+            src = " ".join(e["source"].split())
+            assert src.startswith("pace tune sweeps/tune.yaml --backbone whisper-tiny (study tune-whisper-tiny-"), key
+            assert f"{tf.trials} trials (the budget of every method in the file" in src, key
+            assert "VALIDATION splits of drumkits, instruments-across, fsdd-speaker-few" in src, key
