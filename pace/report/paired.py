@@ -21,6 +21,12 @@ from pace.report.cells import natural_key
 from pace.report.tables import Table
 
 UNIT = ("benchmark", "seed")
+#: below this many units a percentile bootstrap interval is too narrow to trust (3 units of the same sign
+#: always give an interval that excludes 0): the tables say so
+FEW_UNITS = 6
+FEW_NOTE = ("fewer than {n} paired units for {which}: a percentile bootstrap over so few units is narrower "
+            "than the uncertainty (any consistent sign looks separable); read those rows as indicative, or "
+            "pair over more units (--pair-over benchmark,seed across several benchmarks).")
 LEVEL = 0.95
 N_BOOT = 10_000
 
@@ -163,6 +169,9 @@ def paired_table(rows: pd.DataFrame, by: str, reference: str, metric: str, unit:
     notes = [f"Δ = {by} − {reference!r} in points, paired per {' / '.join(unit)}; interval: percentile "
              f"bootstrap of the mean over units ({n_boot} resamples, seed {seed}); separable = the interval "
              "excludes 0."]
+    few = [r["other"] for r in records if 0 < r["n"] < FEW_UNITS]
+    if few:
+        notes.append(FEW_NOTE.format(n=FEW_UNITS, which=", ".join(few)))
     title = f"{metric}: paired differences against {reference}"
     return Table(title, by, columns, others, text, best, notes, records), sentences
 
@@ -178,5 +187,8 @@ def ranking_table(ranks: list[Rank], metric: str, by: str) -> Table:
         records.append({"name": r.name, "rank": r.rank, "mean": r.mean, "n": r.n, "tier": r.tier})
     notes = ["Methods in one tier are not separated by the data: each one's paired difference to the tier's "
              "first method has an interval that includes 0. Tier 1 in bold."]
+    few = [r.name for r in ranks if r.to_tier_top is not None and 0 < r.to_tier_top.n < FEW_UNITS]
+    if few:
+        notes.append(FEW_NOTE.format(n=FEW_UNITS, which=", ".join(few)))
     return Table(f"{metric}: ranking", by, ["rank", "mean", "units", "tier", "Δ to tier top [CI]"], rows, text,
                  best, notes, records)
