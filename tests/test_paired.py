@@ -77,9 +77,9 @@ def test_paired_table_lists_every_unit_and_says_which_differences_hold():
     assert table.rows == ["ranpac_fsa", "simplecil"]
     assert len(table.columns) == 9 + 4 and table.cells[1][-1] == "yes" and table.cells[0][-1] == "no"
     assert any("simplecil vs pace" in s and "pace has the higher last accuracy" in s for s in sentences)
-    assert not any("fewer than 6 paired units" in n for n in table.notes)  # 9 units each
+    assert not any("fewer than 6 paired units" in n for n in table.footnotes)  # 9 units each
     few, _ = paired_table(rows[rows["benchmark"] == rows["benchmark"].iloc[0]], "variant", "pace", "last_accuracy")
-    assert any(n.startswith("fewer than 6 paired units for ranpac_fsa, simplecil:") for n in few.notes)
+    assert any(n.startswith("fewer than 6 paired units for ranpac_fsa, simplecil:") for n in few.footnotes)
     with pytest.raises(ValueError, match="no runs with variant = 'hideprompt'"):
         paired_difference(rows, "variant", "pace", "hideprompt")
     with pytest.raises(ValueError, match="need the columns seed"):
