@@ -474,3 +474,24 @@ def test_against_paper_names_what_differs_from_the_papers_setting(store, tmp_pat
     assert (tmp_path / "paper_last_accuracy.md").is_file()
     assert main(["report", "--compare", "abl", "abl_b", "--against", "paper", "--tracking-uri", uri]) == 2
     assert "--paired and --against apply to --experiment alone" in capsys.readouterr().err
+
+
+def test_pooled_experiments_and_where_narrow_the_runs(store, tmp_path, capsys):
+    """--experiment abl,abl_b pools both studies' runs; --where keeps a benchmark. sc2 exists in abl only:
+    wo_fsa - full per seed = 80 - 91, 84 - 92 -> -11, -8 (seed 2 of wo_fsa is missing)."""
+    from pace.report.cli import run_paired
+    from pace.report.read import load_study
+
+    uri, *_ = store
+    pooled = load_study(uri, "abl,abl_b")
+    assert len(pooled.runs) == len(STUDY_A) + len(STUDY_B) and pooled.parent_ids == []
+    assert any("runs of 2 experiments pooled (abl, abl_b)" in n for n in pooled.notes)
+    esc = load_study(uri, "abl,abl_b", where={"benchmark": ["esc50"]})
+    assert len(esc.runs) == 12 and any(n.startswith("kept 12 of 17 runs where benchmark in esc50") for n in esc.notes)
+    res = run_paired(uri, "abl,abl_b", tmp_path, "full", where={"benchmark": ["sc2"]}, formats=["md"])
+    rec = res.tables["last_accuracy paired"].records[0]
+    assert (rec["other"], rec["mean_diff"], rec["n"]) == ("wo_fsa", -9.5, 2)
+    with pytest.raises(ValueError, match="--where benchmrk: no run has a tag or param 'benchmrk'; did you mean"):
+        load_study(uri, "abl", where={"benchmrk": ["sc2"]})
+    assert main(["report", "--experiment", "abl", "--where", "benchmark", "--tracking-uri", uri]) == 2
+    assert "--where 'benchmark': expected KEY=VALUE" in capsys.readouterr().err

@@ -38,8 +38,8 @@ def run_report(uri: str, experiment: str, out: Path, metrics: Sequence[str] = ("
                group_by: Sequence[str] | None = None, column: str = "benchmark",
                formats: Sequence[str] = FORMATS, baseline: str | None = None, sweep_param: str | None = None,
                figures: bool = True, log: bool = True, max_heatmaps: int = 20,
-               all_instances: bool = False) -> ReportResult:
-    study = load_study(uri, experiment, all_instances)
+               all_instances: bool = False, where: dict[str, list[str]] | None = None) -> ReportResult:
+    study = load_study(uri, experiment, all_instances, where)
     if study.runs.empty:
         raise ValueError(f"experiment {experiment!r} has no FINISHED runs to report"
                          + (f" ({'; '.join(study.notes)})" if study.notes else ""))
@@ -69,11 +69,12 @@ def run_report(uri: str, experiment: str, out: Path, metrics: Sequence[str] = ("
 
 def run_paired(uri: str, experiment: str, out: Path, reference: str, metrics: Sequence[str] = ("last_accuracy",),
                by: str = "variant", unit: Sequence[str] = UNIT, formats: Sequence[str] = FORMATS,
-               all_instances: bool = False, figures: bool = True) -> ReportResult:
+               all_instances: bool = False, figures: bool = True,
+               where: dict[str, list[str]] | None = None) -> ReportResult:
     """Every ``by`` value against ``reference``, paired per ``unit`` (benchmark, seed), with bootstrap
     intervals, and the ranking in tiers the data separate (pace.report.paired); with ``figures``, a
     forest plot of the differences per metric (``paired_<metric>.png``)."""
-    study = load_study(uri, experiment, all_instances)
+    study = load_study(uri, experiment, all_instances, where)
     if study.runs.empty:
         raise ValueError(f"experiment {experiment!r} has no FINISHED runs to compare")
     out.mkdir(parents=True, exist_ok=True)
@@ -94,9 +95,10 @@ def run_paired(uri: str, experiment: str, out: Path, reference: str, metrics: Se
 
 def run_against_paper(uri: str, experiment: str, out: Path, metrics: Sequence[str] = ("last_accuracy",),
                       by: str | None = None, paper_tables: Sequence[str] | None = None,
-                      formats: Sequence[str] = FORMATS, all_instances: bool = False) -> ReportResult:
+                      formats: Sequence[str] = FORMATS, all_instances: bool = False,
+                      where: dict[str, list[str]] | None = None) -> ReportResult:
     """Our runs beside the paper's published cells (pace.report.paper)."""
-    study = load_study(uri, experiment, all_instances)
+    study = load_study(uri, experiment, all_instances, where)
     if study.runs.empty:
         raise ValueError(f"experiment {experiment!r} has no FINISHED runs to compare")
     out.mkdir(parents=True, exist_ok=True)
@@ -153,6 +155,17 @@ def _list(s: str | None) -> list[str] | None:
     return [x.strip() for x in s.split(",") if x.strip()] if s else None
 
 
+def _where(items: list[str] | None) -> dict[str, list[str]] | None:
+    """``--where key=v1,v2`` (repeatable) -> {key: [v1, v2]}."""
+    out: dict[str, list[str]] = {}
+    for item in items or []:
+        key, sep, values = item.partition("=")
+        if not sep or not key.strip() or not _list(values):
+            raise ValueError(f"--where {item!r}: expected KEY=VALUE[,VALUE...] (e.g. benchmark=drumkits,fsdd-fine)")
+        out.setdefault(key.strip(), []).extend(_list(values))
+    return out or None
+
+
 def cmd_report(args) -> int:
     uri = resolve_uri(args.tracking_uri)
     formats = _list(args.format) or list(FORMATS)
@@ -160,6 +173,9 @@ def cmd_report(args) -> int:
     if bad:
         raise ValueError(f"--format: unknown {', '.join(bad)} (choose from {', '.join(FORMATS)})")
     metrics = _list(args.metric) or ["last_accuracy"]
+    where = _where(args.where)
+    if where and args.compare:
+        raise ValueError("--where applies to --experiment (pool the two with --experiment A,B instead)")
     if (args.paired or args.against) and (args.compare or args.baseline or args.sweep_param):
         raise ValueError("--paired and --against apply to --experiment alone (not with --compare, --baseline "
                          "or --sweep-param)")
@@ -169,12 +185,12 @@ def cmd_report(args) -> int:
         out = Path(args.out or Path("reports") / f"{slug(args.experiment)}_paired")
         by = (_list(args.group_by) or ["variant"])[0]
         res = run_paired(uri, args.experiment, out, args.paired, metrics, by, _list(args.pair_over) or UNIT,
-                         formats, args.all_instances, not args.no_figures)
+                         formats, args.all_instances, not args.no_figures, where)
     elif args.against:
         out = Path(args.out or Path("reports") / f"{slug(args.experiment)}_paper")
         by = (_list(args.group_by) or [None])[0]
         res = run_against_paper(uri, args.experiment, out, metrics, by, _list(args.paper_tables), formats,
-                                args.all_instances)
+                                args.all_instances, where)
     elif args.compare:
         if args.baseline or args.sweep_param:
             raise ValueError("--baseline and --sweep-param apply to --experiment, not to --compare")
@@ -186,7 +202,7 @@ def cmd_report(args) -> int:
         out = Path(args.out or Path("reports") / slug(args.experiment))
         res = run_report(uri, args.experiment, out, metrics, _list(args.group_by), args.columns, formats,
                          args.baseline, args.sweep_param, not args.no_figures, not args.no_log,
-                         args.max_heatmaps, args.all_instances)
+                         args.max_heatmaps, args.all_instances, where)
         if res.instance:
             print(f"study instance {res.instance} of {args.experiment} (the newest; --all-instances for every one)\n")
     for t in res.tables.values():
@@ -201,7 +217,8 @@ def cmd_report(args) -> int:
 def add_cli(sub) -> None:
     p = sub.add_parser("report", help="tables and figures from a study's MLflow runs (mean ± std over seeds)")
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--experiment", metavar="NAME", help="MLflow experiment (one per sweep/ablation study)")
+    which.add_argument("--experiment", metavar="NAME", help="MLflow experiment (one per sweep/ablation study); "
+                       "A,B pools several studies' runs")
     which.add_argument("--compare", nargs=2, metavar=("EXP_A", "EXP_B"),
                        help="two experiments side by side with the differences B - A")
     p.add_argument("--group-by", metavar="KEYS",
@@ -224,6 +241,8 @@ def add_cli(sub) -> None:
                    help="our runs beside the PACE paper's published cells; the difference only where backbone, "
                         "benchmark and metric match, otherwise which setting differs")
     p.add_argument("--paper-tables", metavar="NAMES", help="with --against paper: e.g. table2,table4 (default all)")
+    p.add_argument("--where", action="append", metavar="KEY=VALUES",
+                   help="keep runs whose tag or param KEY is one of the comma-separated VALUES (repeatable)")
     p.add_argument("--tracking-uri", metavar="URI", help="MLflow store (default sqlite:///<cwd>/mlflow.db)")
     p.add_argument("--all-instances", action="store_true",
                    help="pool every start of the study (default: only the newest, tag pace.study_instance)")

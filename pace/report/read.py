@@ -21,6 +21,7 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 
+from pace.registry import did_you_mean
 from pace.tracking import INSTANCE_TAG
 
 #: a tag or param a run does not have (shown in tables, grouped like any value)
@@ -154,7 +155,40 @@ def _tracking_uri(uri: str) -> Iterator[None]:
         mlflow.set_tracking_uri(before)
 
 
-def load_study(uri: str, name: str, all_instances: bool = False) -> Study:
+def narrow(runs: pd.DataFrame, where: dict[str, list[str]] | None) -> tuple[pd.DataFrame, list[str]]:
+    """The runs whose tag or param ``key`` is one of the listed values, for every key of ``where``, and
+    a note saying what was kept. A key no run carries is an error naming the keys the runs do have."""
+    if not where:
+        return runs, []
+    keep = pd.Series(True, index=runs.index)
+    for key, values in where.items():
+        col = key_column(runs, key)
+        if col is None:
+            have = sorted({c.split(".", 1)[1] for c in runs.columns if c.startswith(("tags.", "params."))})
+            raise ValueError(f"--where {key}: no run has a tag or param {key!r}{did_you_mean(key, have)}")
+        keep &= runs[col].map(as_text).isin([str(v) for v in values])
+    said = "; ".join(f"{k} in {', '.join(map(str, v))}" for k, v in where.items())
+    return runs[keep], [f"kept {int(keep.sum())} of {len(runs)} runs where {said} (--where)"]
+
+
+def load_study(uri: str, name: str, all_instances: bool = False,
+               where: dict[str, list[str]] | None = None) -> Study:
+    """One experiment's study, or several pooled (``name`` = ``a,b``: each experiment's newest instance,
+    their runs side by side, e.g. one comparison split over two studies); ``where`` narrows the runs."""
+    names = [n.strip() for n in name.split(",") if n.strip()]
+    if len(names) > 1:
+        parts = [load_study(uri, n, all_instances) for n in names]
+        runs = pd.concat([p.runs for p in parts], ignore_index=True)
+        runs, n_where = narrow(runs, where)
+        notes = [f"{p.name}: {n}" for p in parts for n in p.notes]
+        notes.append(f"runs of {len(parts)} experiments pooled ({', '.join(names)}); the report is not logged "
+                     "to a parent run")
+        return Study(",".join(names), uri, ",".join(p.experiment_id for p in parts), runs, [], notes + n_where,
+                     None)
+    return _load_one(uri, name, all_instances, where)
+
+
+def _load_one(uri: str, name: str, all_instances: bool, where: dict[str, list[str]] | None) -> Study:
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -167,7 +201,8 @@ def load_study(uri: str, name: str, all_instances: bool = False) -> Study:
         df = mlflow.search_runs(experiment_ids=[exp.experiment_id], output_format="pandas")
     df, instance, inst_notes = pick_instance(df, all_instances)
     runs, parents, notes = select_runs(df)
-    return Study(name, uri, exp.experiment_id, runs, parents, inst_notes + notes, instance)
+    runs, n_where = narrow(runs, where)
+    return Study(name, uri, exp.experiment_id, runs, parents, inst_notes + notes + n_where, instance)
 
 
 def metric_history(client, run_id: str, key: str) -> np.ndarray:
