@@ -456,7 +456,10 @@ def test_paired_figure_draws_each_difference_with_its_interval(tmp_path, monkeyp
         return orig(diffs, path, reference, xlabel)
 
     monkeypatch.setattr(figures, "paired_differences", spy)
-    out = paired_figure(rows, "variant", "ref", "last_accuracy", ("benchmark", "seed"), tmp_path / "p.png")
+    from pace.report.paired import paired_differences
+
+    diffs = paired_differences(rows, "variant", "ref", ("benchmark", "seed"))
+    out = paired_figure(list(diffs.values()), "ref", "last_accuracy", tmp_path / "p.png")
     assert out.read_bytes()[:4] == b"\x89PNG"
     assert list(seen) == ["same", "gap"]  # largest mean difference on top
     name, units, mean, lo, hi = seen["gap"]

@@ -6,6 +6,8 @@ of stored clips.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -43,13 +45,16 @@ def sample_gaussians(means: torch.Tensor, roots: torch.Tensor, n: int,
 
 def align_on_gaussians(head: torch.nn.Module, means: torch.Tensor, roots: torch.Tensor, *, per_class: int,
                        batches: int, num_classes: int, epochs: int, lr: float, weight_decay: float,
-                       generator: torch.Generator, device: torch.device) -> None:
+                       generator: torch.Generator, device: torch.device,
+                       loss: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                       ) -> None:
     """Classifier alignment: ``head`` re-trained on draws from the class Gaussians (``means``, ``roots``).
 
     Each epoch draws ``per_class`` samples of every class, shuffles them and takes up to ``batches``
     batches of ``per_class`` (fewer when the draws run out), with cross-entropy over the first
-    ``num_classes`` logits; SGD with momentum 0.9 and a cosine schedule over the epochs. Only the
-    head's parameters train, and they are frozen again afterwards.
+    ``num_classes`` logits (or ``loss(head, z, y)``: SLCA's logit-normalised loss over its session
+    heads); SGD with momentum 0.9 and a cosine schedule over the epochs. Only the head's parameters
+    train, and they are frozen again afterwards.
     """
     params = list(head.parameters())
     for p in params:
@@ -64,9 +69,10 @@ def align_on_gaussians(head: torch.nn.Module, means: torch.Tensor, roots: torch.
             zb, yb = z[i * per_class:(i + 1) * per_class], y[i * per_class:(i + 1) * per_class]
             if not len(yb):
                 break
-            loss = F.cross_entropy(head(zb)[:, :num_classes], yb)
+            value = (loss(head, zb, yb) if loss is not None
+                     else F.cross_entropy(head(zb)[:, :num_classes], yb))
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            value.backward()
             opt.step()
         sched.step()
     for p in params:

@@ -57,7 +57,7 @@ from pace.config import MethodConfig
 from pace.methods.base import Session, register_method
 from pace.methods.common import EmbeddingLearner, split_embeddings
 from pace.methods.parts import TrainConfig, train
-from pace.heads.gaussians import class_gaussians, gaussian_roots, sample_gaussians
+from pace.heads.gaussians import align_on_gaussians, class_gaussians, gaussian_roots
 
 
 class SLCAConfig(MethodConfig):
@@ -158,26 +158,16 @@ class SLCA(EmbeddingLearner):
             means = self.means * shrink[:, None]
             eye = torch.eye(self.covs.shape[-1], dtype=torch.float64)
             roots = gaussian_roots(self.covs + cfg.cov_eps * eye)
-            params = list(aligned.parameters())
-            for p in params:
-                p.requires_grad_(True)
-            opt = torch.optim.SGD(params, lr=cfg.ca_lr, momentum=0.9, weight_decay=cfg.train.weight_decay)
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.ca_epochs)
-            g = ctx.generator(f"slca-ca:{t}")
-            n, num = cfg.ca_samples, len(means)
-            for _ in range(cfg.ca_epochs):
-                z, y = sample_gaussians(means, roots, n, g)
-                order = torch.randperm(len(y), generator=g)
-                z, y = z[order].to(ctx.device), y[order].to(ctx.device)
-                for i in range(num):  # official: as many batches as seen classes
-                    logits = torch.cat([h(z[i * n:(i + 1) * n]) for h in aligned], dim=1)
-                    loss = logit_normalised_ce(logits, y[i * n:(i + 1) * n], self.session_ranges, cfg.ca_logit_norm)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                sched.step()
-            for p in params:
-                p.requires_grad_(False)
+
+            def loss(heads, z, y):
+                logits = torch.cat([h(z) for h in heads], dim=1)
+                return logit_normalised_ce(logits, y, self.session_ranges, cfg.ca_logit_norm)
+
+            # official: as many batches of ca_samples per class as seen classes
+            align_on_gaussians(aligned, means, roots, per_class=cfg.ca_samples, batches=len(means),
+                               num_classes=len(means), epochs=cfg.ca_epochs, lr=cfg.ca_lr,
+                               weight_decay=cfg.train.weight_decay, generator=ctx.generator(f"slca-ca:{t}"),
+                               device=ctx.device, loss=loss)
         self.aligned = aligned
 
     # ---- prediction and state

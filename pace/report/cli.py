@@ -11,7 +11,7 @@ import pandas as pd
 
 from pace.report.cells import (CONFIG_KEY, Grouping, aggregate, choose_grouping, configurations,
                                duplicate_seed_notes, tidy, varied_params)
-from pace.report.paired import UNIT, paired_table, ranking, ranking_table
+from pace.report.paired import UNIT, paired_differences, paired_table, ranking, ranking_table
 from pace.report.paper import against_paper
 from pace.report.read import Study, load_study, resolve_uri
 from pace.report.render import PARENT_ARTIFACT_DIR, log_to_parent, make_figures, paired_figure, slug, write_tables
@@ -82,14 +82,15 @@ def run_paired(uri: str, experiment: str, out: Path, reference: str, metrics: Se
     for metric in metrics:
         rows, n = tidy(study.runs, [by, *[u for u in unit if u != "seed"]], metric)
         notes += n
-        t, sentences = paired_table(rows, by, reference, metric, tuple(unit))
+        diffs = paired_differences(rows, by, reference, tuple(unit))
+        t, sentences = paired_table(rows, by, reference, metric, tuple(unit), diffs=diffs)
         r = ranking_table(ranking(rows, by, tuple(unit)), metric, by)
         t.footnotes += sentences
         tables[f"{metric} paired"], tables[f"{metric} ranking"] = t, r
         files += write_tables(t, out, f"paired_{slug(metric)}", formats)
         files += write_tables(r, out, f"ranking_{slug(metric)}", formats)
         if figures:
-            files.append(paired_figure(rows, by, reference, metric, tuple(unit), out / f"paired_{slug(metric)}.png"))
+            files.append(paired_figure(list(diffs.values()), reference, metric, out / f"paired_{slug(metric)}.png"))
     return ReportResult(files, tables, list(dict.fromkeys(notes)), None, study.instance)
 
 

@@ -144,9 +144,19 @@ def ranking(rows: pd.DataFrame, by: str, unit: tuple[str, ...] = UNIT, level: fl
     return out
 
 
+def paired_differences(rows: pd.DataFrame, by: str, reference: str, unit: tuple[str, ...] = UNIT,
+                       level: float = LEVEL, n_boot: int = N_BOOT, seed: int = 0) -> dict[str, PairedDifference]:
+    """Every other ``by`` value against ``reference`` (in natural order): what the table and the figure show."""
+    frame = _unit_frame(rows, by, unit)
+    others = [m for m in sorted(frame[by].unique(), key=natural_key) if m != reference]
+    return {m: paired_difference(rows, by, reference, m, unit, level, n_boot, seed) for m in others}
+
+
 def paired_table(rows: pd.DataFrame, by: str, reference: str, metric: str, unit: tuple[str, ...] = UNIT,
-                 level: float = LEVEL, n_boot: int = N_BOOT, seed: int = 0) -> tuple[Table, list[str]]:
-    """Every other method against ``reference``: per-unit differences, mean, interval, separable."""
+                 level: float = LEVEL, n_boot: int = N_BOOT, seed: int = 0,
+                 diffs: dict[str, PairedDifference] | None = None) -> tuple[Table, list[str]]:
+    """Every other method against ``reference``: per-unit differences, mean, interval, separable
+    (``diffs``: those differences already computed by ``paired_differences``)."""
     frame = _unit_frame(rows, by, unit)
     others = [m for m in sorted(frame[by].unique(), key=natural_key) if m != reference]
     if reference not in set(frame[by]):
@@ -156,7 +166,8 @@ def paired_table(rows: pd.DataFrame, by: str, reference: str, metric: str, unit:
     columns = [" / ".join(u) for u in units] + ["mean Δ", f"{level:.0%} CI", "n", "separable"]
     text, best, records, sentences = [], [], [], []
     for name in others:
-        d = paired_difference(rows, by, reference, name, unit, level, n_boot, seed)
+        d = diffs[name] if diffs is not None else paired_difference(rows, by, reference, name, unit, level, n_boot,
+                                                                     seed)
         per = {tuple(map(str, r[:len(unit)])): r[-1] for r in d.units[[*unit, "diff"]].itertuples(index=False)}
         row = [f"{per[u]:+.2f}" if u in per else "–" for u in units]
         row += [f"{d.mean:+.2f}" if d.n else "–", f"[{d.lo:+.2f}, {d.hi:+.2f}]" if d.n else "–", str(d.n),

@@ -166,16 +166,11 @@ def log_to_parent(study: Study, files: list[Path], out: Path) -> str | None:
     return parent
 
 
-def paired_figure(rows: pd.DataFrame, by: str, reference: str, metric: str, unit: tuple[str, ...],
-                  path: Path) -> Path:
-    """The forest plot of every ``by`` value minus ``reference`` (pace.figures.paired_differences),
-    largest mean difference on top, from the same paired differences as the table."""
+def paired_figure(diffs: Sequence, reference: str, metric: str, path: Path) -> Path:
+    """The forest plot of paired differences (``pace.report.paired.PairedDifference``, the table's own) against
+    ``reference`` (pace.figures.paired_differences), largest mean difference on top."""
     from pace import figures
-    from pace.report.cells import natural_key
-    from pace.report.paired import paired_difference
 
-    others = [m for m in sorted(rows[by].unique(), key=natural_key) if m != reference]
-    diffs = [paired_difference(rows, by, reference, m, unit) for m in others]
-    diffs = sorted((d for d in diffs if d.n), key=lambda d: -d.mean)
-    return figures.paired_differences([(d.other, list(d.units["diff"]), d.mean, d.lo, d.hi) for d in diffs], path,
+    order = sorted((d for d in diffs if d.n), key=lambda d: -d.mean)
+    return figures.paired_differences([(d.other, list(d.units["diff"]), d.mean, d.lo, d.hi) for d in order], path,
                                       reference, metric.replace("_", " "))

@@ -71,7 +71,26 @@ class BackboneCandidate(Strict):
     set: dict[str, Any] = Field(default_factory=dict)
 
 
-class StudySpec(Strict):
+class StudyRunFields(Strict):
+    """Where and how a study's trials run and are recorded: every spec's fields, and a tune file's
+    (pace.study.tune), which hands them to each method's study."""
+
+    max_concurrent: int | None = Field(None, ge=1)
+    resources: Resources = Field(default_factory=Resources)
+    #: Tune results and checkpoints (a shared path or s3:// URI on a cluster); default ./ray_results
+    storage_path: str | None = None
+    #: MLflow tracking URI; default sqlite:///<cwd>/mlflow.db
+    tracking_uri: str | None = None
+    #: log to MLflow at all (off: Tune results only; used to measure tracking overhead)
+    track: bool = True
+    #: retries of a failed trial from its last session checkpoint (-1 = unlimited)
+    max_failures: int = Field(1, ge=-1)
+
+    def run_fields(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in StudyRunFields.model_fields}
+
+
+class StudySpec(StudyRunFields):
     """What sweeps and ablations share; subclasses say how their trials are made and summarised.
 
     Strict (pace.config) keeps the values a default model presets for a partially given section; no
@@ -92,16 +111,6 @@ class StudySpec(Strict):
     backbone_fallback: list[BackboneCandidate] | None = None
     objective: str = "val_last_accuracy"
     mode: Literal["max", "min"] = "max"
-    max_concurrent: int | None = Field(None, ge=1)
-    resources: Resources = Field(default_factory=Resources)
-    #: Tune results and checkpoints (a shared path or s3:// URI on a cluster); default ./ray_results
-    storage_path: str | None = None
-    #: MLflow tracking URI; default sqlite:///<cwd>/mlflow.db
-    tracking_uri: str | None = None
-    #: log to MLflow at all (off: Tune results only; used to measure tracking overhead)
-    track: bool = True
-    #: retries of a failed trial from its last session checkpoint (-1 = unlimited)
-    max_failures: int = Field(1, ge=-1)
 
     @field_validator("objective")
     @classmethod

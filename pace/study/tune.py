@@ -30,14 +30,14 @@ from typing import Any, ClassVar, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator
 
-from pace.config import (BACKBONE_DEFAULTS, MethodConfig, Strict, backbone_defaults, compose, format_errors,
+from pace.config import (BACKBONE_DEFAULTS, MethodConfig, backbone_defaults, compose, format_errors,
                          get_dotted, read_yaml)
 from pace.registry import did_you_mean
 from pace.study import SpecError
 from pace.study.checks import DataCheck, check_sweep
 from pace.study.space import Param
-from pace.study.spec import Resources, Scheduler, Searcher, SweepSpec
-from pace.study.tune_trial import FLAGS, INERT_STAGE, OBJECTIVE, aggregate  # noqa: F401 (aggregate: re-exported)
+from pace.study.spec import Scheduler, Searcher, StudyRunFields, SweepSpec
+from pace.study.tune_trial import FLAGS, INERT_STAGE, OBJECTIVE
 
 #: Optuna's TPE proposes its first trials at random (``n_startup_trials``, 10 by default)
 TPE_STARTUP = 10
@@ -120,7 +120,7 @@ class TuneSpec(SweepSpec):
         return outcome_lines(rows, list(self.benchmarks))
 
 
-class TuneFile(Strict):
+class TuneFile(StudyRunFields):
     """``sweeps/tune.yaml``: the protocol, shared by every backbone and method it tunes."""
 
     #: prefix of each study's name: ``<name>-<backbone>-<method>``
@@ -140,12 +140,6 @@ class TuneFile(Strict):
     scheduler: Scheduler | None = Field(default_factory=lambda: Scheduler(grace_period=2))
     #: data seeds of every tuning run (class order, split, init)
     seed: int = 0
-    max_concurrent: int | None = Field(None, ge=1)
-    resources: Resources = Field(default_factory=Resources)
-    storage_path: str | None = None
-    tracking_uri: str | None = None
-    track: bool = True
-    max_failures: int = Field(1, ge=-1)
 
     @field_validator("methods")
     @classmethod
@@ -200,9 +194,7 @@ class TuneFile(Strict):
         return TuneSpec(name=name, base=base, backbone=backbone, search=search, searcher=self.searcher,
                         scheduler=self.scheduler, num_samples=self.trials, benchmarks=self.benchmarks,
                         aggregate=self.aggregate, method=method, source_file=source, pinned=pinned,
-                        max_concurrent=self.max_concurrent, resources=self.resources,
-                        storage_path=self.storage_path, tracking_uri=self.tracking_uri, track=self.track,
-                        max_failures=self.max_failures)
+                        **self.run_fields())
 
 
 def load_tune_file(path: str | Path) -> TuneFile:

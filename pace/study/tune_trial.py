@@ -46,9 +46,9 @@ def aggregate(values: list[float], how: str) -> float:
 class _Progress:
     """Reports to Tune after each session of one benchmark, with what the finished ones scored."""
 
-    def __init__(self, bench: str, done: dict[str, float], offset: int, total: int, how: str, final: dict):
-        self.bench, self.done, self.offset, self.total, self.how = bench, done, offset, total, how
-        self.final = final  # filled by the caller before the trial's last report
+    def __init__(self, done: dict[str, float], offset: int, total: int, how: str, finished: dict[str, Any]):
+        self.done, self.offset, self.total, self.how = done, offset, total, how
+        self.finished = finished  # val.<bench>, <flag>.<bench> of the benchmarks before this one
         self.last_metrics: dict[str, float] | None = None
 
     def on_start(self, runner) -> None: ...
@@ -59,7 +59,7 @@ class _Progress:
         values = list(self.done.values()) + ([current] if current is not None else [])
         m.update({OBJECTIVE: aggregate(values, self.how), SESSIONS_DONE: float(self.offset + result.index + 1),
                   "session": float(self.offset + result.index), "sessions_total": float(self.total)})
-        m.update(self.final)
+        m.update(self.finished)
         self.last_metrics = m
         last_of_trial = self.offset + result.index + 1 == self.total
         if not last_of_trial:  # the trial's last report comes from the caller, with every benchmark's flags
@@ -96,7 +96,7 @@ def train_tune_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     progress = None
     try:
         for bench, cfg in cfgs.items():
-            if cfg.runtime.num_threads is None:
+            if cfg.runtime.num_threads is None:  # concurrent trials must not each take every core
                 torch.set_num_threads(max(1, int(ctx.cpus_per_trial)))
             out = root / bench
             shutil.rmtree(out, ignore_errors=True)  # a retried trial starts the benchmark over
@@ -107,7 +107,7 @@ def train_tune_trial(config: dict[str, Any], ctx: TrialContext) -> None:
                                          f"{tc.get_trial_id()}-{bench}", f"{tc.get_trial_name()}-{bench}",
                                          {"benchmark": bench, "tune_trial": tc.get_trial_name()}, None,
                                          extra_final=val_summary, extra_tags=ctx.tags)
-            progress = _Progress(bench, dict(done), offset, total, ctx.aggregate, extra)
+            progress = _Progress(dict(done), offset, total, ctx.aggregate, extra)
             runner = Runner(cfg, out, [r for r in (tracker, progress) if r is not None])
             runner.prepare()
             runner.analysis_hooks.append(ValidationHook())
