@@ -302,6 +302,10 @@ def test_ablation_variants_downstream_of_fsa_share_it_and_the_study_says_so(ray_
     assert res.num_errors == 0 and len(res.rows) == 2
     assert sorted((r["stages_computed"], r["stages_reused"]) for r in res.rows) == [(0, 1), (1, 0)]
     assert any("shared work: 1 stage(s) computed, 1 loaded" in line for line in lines)
+    # the study's cost is printed: its wall time and the sum of its trials' times, to the tenth of a minute
+    took = [line for line in lines if line.startswith("took ")]
+    trial_min = sum(r["result"]["time_total_s"] for r in res.rows) / 60
+    assert len(took) == 1 and took[0].endswith(f", {trial_min:.1f} trial-minutes"), lines[-4:]
 
 
 def _checkpointed(exp: Path) -> set[str]:

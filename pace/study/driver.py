@@ -285,6 +285,7 @@ def _run(s: _Study) -> StudyResult:
     from pace.tracking import INSTANCE_TAG
 
     spec = s.spec
+    started = time.monotonic()  # the study's wall time (this invocation's, when resumed) goes in its summary
     exp_id = parent = actor = journal = None
     # One id per study instance: kept by --resume, new after --fresh (reports tell instances apart)
     instance = (s.state or {}).get("instance") or uuid.uuid4().hex[:12]
@@ -316,7 +317,7 @@ def _run(s: _Study) -> StudyResult:
 
     rows, interrupted, unsent = _fit(s, tuner, exp_id, parent, actor, instance)
     num_errors = sum(r["status"] == "failed" for r in rows)
-    _print_summary(s, rows, interrupted, num_errors, unsent, journal)
+    _print_summary(s, rows, interrupted, num_errors, unsent, journal, time.monotonic() - started)
     return StudyResult(s.exp_path, s.uri, exp_id, parent, rows, interrupted, num_errors)
 
 
@@ -357,7 +358,7 @@ def _fit(s: _Study, tuner, exp_id, parent, actor, instance: str) -> tuple[list[d
 
 
 def _print_summary(s: _Study, rows: list[dict[str, Any]], interrupted: bool, num_errors: int, unsent: int,
-                   journal) -> None:
+                   journal, wall_s: float) -> None:
     from pace.journal import sync_command
     from pace.tracking import ui_command
 
@@ -370,7 +371,10 @@ def _print_summary(s: _Study, rows: list[dict[str, Any]], interrupted: bool, num
     sharing = study_sharing_line(rows)
     if sharing:
         out(sharing)
+    trial_s = sum(float((r.get("result") or {}).get("time_total_s") or 0.0) for r in rows)
+    took = "this resumed run took" if s.resume else "took"
     out(f"\n{len(rows)} trials, {num_errors} failed; Tune results in {s.exp_path}")
+    out(f"{took} {wall_s / 60:.1f} min wall, {trial_s / 60:.1f} trial-minutes")
     if interrupted:
         out(f"interrupted: continue with `pace {spec.command} {s.path} --resume`")
     if s.uri is not None:
