@@ -458,8 +458,10 @@ def test_waveform_perturbations():
 
 # ------------------------------------------------------------------------------ PACE end to end
 
+# head_strategy pinned: _check_pace asserts the paper's learn-then-freeze head warm-up, whatever a
+# backbone's tuned defaults choose (crepe-tiny's is same_lr)
 TINY_PACE = {"name": "pace", "fsa_epochs": 1, "msa_epochs": 1, "n_views": 4, "loss_views": 2,
-             "cka_samples": 16, "analytic": {"proj_dim": 256}}
+             "cka_samples": 16, "head_strategy": "learn_freeze", "analytic": {"proj_dim": 256}}
 
 
 def _run_pace(tmp_path, backbone: str, sessions: int, method: dict):
