@@ -41,7 +41,6 @@ def cmd_ablate(args) -> int:
 def cmd_tune(args) -> int:
     """Tune every method of the file (or ``--methods``) on every backbone of it (or ``--backbone``) with
     the file's budget, one study each, and write each winner to the defaults file unless ``--no-write``."""
-    import time
     from pathlib import Path
 
     from pace.config import BACKBONE_DEFAULTS
@@ -64,18 +63,15 @@ def cmd_tune(args) -> int:
         if why:
             print(f"{spec.backbone} {spec.method}: not tuned: {why}")
             continue
-        start = time.monotonic()
         try:
             res = run_study(spec.kind, args.spec, opts, spec=spec)
         except SpecError as exc:  # this study cannot start (an earlier one of its name, ...); go on
             print(f"{spec.backbone} {spec.method}: not tuned: {exc}")
             status = 1
             continue
-        wall = time.monotonic() - start
-        trial_s = sum(float((r.get("result") or {}).get("time_total_s") or 0.0) for r in res.rows)
-        times.append((spec.method, wall, trial_s))
-        print(f"{spec.backbone} {spec.method}: {spec.samples} trials in {wall / 60:.1f} min wall, "
-              f"{trial_s / 60:.1f} trial-minutes")
+        times.append((spec.method, res.wall_s, res.trial_s))
+        print(f"{spec.backbone} {spec.method}: {spec.samples} trials in {res.wall_s / 60:.1f} min wall, "
+              f"{res.trial_s / 60:.1f} trial-minutes")
         if res.interrupted:
             return 130
         status = status or (1 if res.num_errors else 0)

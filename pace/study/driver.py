@@ -54,6 +54,8 @@ class StudyResult:
     rows: list[dict[str, Any]]
     interrupted: bool
     num_errors: int
+    wall_s: float  # from run_study's start to the summary (this invocation's, when resumed)
+    trial_s: float  # the trials' own time (Tune's time_total_s), summed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,6 +159,7 @@ class _Study:
     resume: bool
     hooks: StudyHooks
     out: Callable[[str], None]
+    started: float  # time.monotonic() when run_study began: the study's wall time is counted from here
 
 
 def run_study(kind: str, path: str, opts: StudyOptions | None = None, out=None,
@@ -165,6 +168,7 @@ def run_study(kind: str, path: str, opts: StudyOptions | None = None, out=None,
     spec file ``path``; prints a summary. ``hooks``, and the plugins named in $PACE_STUDY_PLUGINS,
     extend the trials and the Tune run (pace.study.plugins). ``spec``: a spec already built from
     ``path`` (``pace tune`` builds one per method from its tune file)."""
+    started = time.monotonic()
     out = out or (lambda s: print(s, flush=True))
     opts = opts or StudyOptions()
     quiet_ray()
@@ -207,7 +211,7 @@ def run_study(kind: str, path: str, opts: StudyOptions | None = None, out=None,
         uri = normalize_uri(opts.tracking_uri or (state or {}).get("tracking_uri") or spec.tracking_uri, cwd)
         online = _tracking_online(uri, opts.resume, exp_path, cwd, spec.name, out)  # seconds, before Ray starts
     study = _Study(spec, path, base, note, state, old_state, exp_root, exp_path, cwd, uri, online, opts.resume,
-                   (hooks or StudyHooks()) + load_plugins(), out)
+                   (hooks or StudyHooks()) + load_plugins(), out, started)
     started_ray = ensure_ray(opts.address, opts.connect_timeout_s)
     try:
         check_resources(spec, out, can_grow=bool(opts.address))
@@ -285,7 +289,6 @@ def _run(s: _Study) -> StudyResult:
     from pace.tracking import INSTANCE_TAG
 
     spec = s.spec
-    started = time.monotonic()  # the study's wall time (this invocation's, when resumed) goes in its summary
     exp_id = parent = actor = journal = None
     # One id per study instance: kept by --resume, new after --fresh (reports tell instances apart)
     instance = (s.state or {}).get("instance") or uuid.uuid4().hex[:12]
@@ -317,8 +320,11 @@ def _run(s: _Study) -> StudyResult:
 
     rows, interrupted, unsent = _fit(s, tuner, exp_id, parent, actor, instance)
     num_errors = sum(r["status"] == "failed" for r in rows)
-    _print_summary(s, rows, interrupted, num_errors, unsent, journal, time.monotonic() - started)
-    return StudyResult(s.exp_path, s.uri, exp_id, parent, rows, interrupted, num_errors)
+    res = StudyResult(s.exp_path, s.uri, exp_id, parent, rows, interrupted, num_errors,
+                      wall_s=time.monotonic() - s.started,
+                      trial_s=sum(float((r.get("result") or {}).get("time_total_s") or 0.0) for r in rows))
+    _print_summary(s, res, unsent, journal)
+    return res
 
 
 def _fit(s: _Study, tuner, exp_id, parent, actor, instance: str) -> tuple[list[dict[str, Any]], bool, int]:
@@ -357,12 +363,11 @@ def _fit(s: _Study, tuner, exp_id, parent, actor, instance: str) -> tuple[list[d
     return rows, interrupted, unsent
 
 
-def _print_summary(s: _Study, rows: list[dict[str, Any]], interrupted: bool, num_errors: int, unsent: int,
-                   journal, wall_s: float) -> None:
+def _print_summary(s: _Study, res: StudyResult, unsent: int, journal) -> None:
     from pace.journal import sync_command
     from pace.tracking import ui_command
 
-    spec, out = s.spec, s.out
+    spec, out, rows = s.spec, s.out, res.rows
     write_file(s.exp_path, SUMMARY_FILE, summary_csv(rows))
     out("")
     out(spec.summary_table(rows))
@@ -371,11 +376,10 @@ def _print_summary(s: _Study, rows: list[dict[str, Any]], interrupted: bool, num
     sharing = study_sharing_line(rows)
     if sharing:
         out(sharing)
-    trial_s = sum(float((r.get("result") or {}).get("time_total_s") or 0.0) for r in rows)
     took = "this resumed run took" if s.resume else "took"
-    out(f"\n{len(rows)} trials, {num_errors} failed; Tune results in {s.exp_path}")
-    out(f"{took} {wall_s / 60:.1f} min wall, {trial_s / 60:.1f} trial-minutes")
-    if interrupted:
+    out(f"\n{len(rows)} trials, {res.num_errors} failed; Tune results in {s.exp_path}")
+    out(f"{took} {res.wall_s / 60:.1f} min wall, {res.trial_s / 60:.1f} trial-minutes")
+    if res.interrupted:
         out(f"interrupted: continue with `pace {spec.command} {s.path} --resume`")
     if s.uri is not None:
         out(f"MLflow: experiment {spec.name!r} at {s.uri}\n  open the UI with: {ui_command(s.uri)}")
