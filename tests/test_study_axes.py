@@ -123,6 +123,19 @@ def test_preflight_reports_a_prompt_method_on_a_cnn_and_suggests_an_exclusion():
     assert "- {variant: hideprompt, backbone: crepe-tiny, why:" in msg
 
 
+def test_preflight_reports_linear_only_adapters_on_a_cnn():
+    s = spec(variants={"inflora": {"method.name": "inflora"}, "sdlora": {"method.name": "sdlora"},
+                       "peft_ft": {"method.name": "peft_ft"}},
+             backbones={"whisper-tiny": {}, "crepe-tiny": {}})
+    with pytest.raises(SpecError) as err:
+        s.check("<test>")
+    msg = str(err.value)
+    for m in ("inflora", "sdlora"):
+        assert (f"variant={m} backbone=crepe-tiny (1 trial): {m} adapts nn.Linear layers only; "
+                "crepe-tiny's blocks are convolutions") in msg
+    assert "whisper-tiny (" not in msg and "variant=peft_ft" not in msg  # conv LoRA runs on CREPE
+
+
 def test_preflight_reports_an_input_length_the_backbone_refuses():
     s = spec(base={**BASE, "backbone": {"name": "whisper-tiny", "seconds": 1.0}},
              backbones=["whisper-tiny", "crepe-tiny"])

@@ -245,7 +245,12 @@ def test_shipped_tune_file_checks_every_method(monkeypatch, fsdd):
         spec.check("sweeps/tune.yaml")
     # a prompt method on the CNN is refused with the reason, before any trial
     assert "does not support prompt" in tf.method_spec("l2p", "sweeps/tune.yaml", "crepe-tiny").refusal()
-    assert tf.method_spec("pace", "sweeps/tune.yaml", "crepe-tiny").refusal() is None
+    # so are the linear-only LoRA variants (their learners refuse a conv: tests/test_sdlora.py, test_inflora.py)
+    for method in ("inflora", "sdlora"):
+        assert (tf.method_spec(method, "sweeps/tune.yaml", "crepe-tiny").refusal()
+                == f"{method} adapts nn.Linear layers only; crepe-tiny's blocks are convolutions")
+    for method in ("pace", "peft_ft", "lorasub", "slca", "ease", "mos"):  # conv LoRA or full fine-tuning
+        assert tf.method_spec(method, "sweeps/tune.yaml", "crepe-tiny").refusal() is None, method
 
 
 def test_inert_stage_line_is_what_the_diagnostics_write():

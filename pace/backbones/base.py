@@ -67,6 +67,10 @@ class Backbone(nn.Module, ABC):
     #: whether forward_prompted works (prompt and prefix tuning, pace.backbones.prompting)
     supports_prompts: bool = False
 
+    #: whether its blocks' LoRA targets are nn.Linear layers (attention/MLP); a CNN's are convolutions,
+    #: which methods with linear-only adapters (Learner.LINEAR_LAYERS_ONLY) refuse
+    linear_blocks: bool = True
+
     def prompt_block(self, b: int) -> nn.Module:
         """The module of block b (prompt tokens are prepended to its input)."""
         raise NotImplementedError

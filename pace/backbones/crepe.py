@@ -516,6 +516,7 @@ class CrepeBackbone(Backbone):
     """CREPE over the frames of a clip; see the module docstring for the outputs."""
 
     has_cls = False
+    linear_blocks = False  # one Conv1d per block (pace.peft.lora_conv adapts it)
 
     def __init__(self, net: CrepeNet, frontend: WaveformFrontend, hop: int = DEFAULT_HOP,
                  frame_chunk: int = 2048):

@@ -81,6 +81,9 @@ class Learner(ABC):
     #: stage -> top-level method config fields that do not influence that stage (pace.methods.stages):
     #: the stage's stored outcome is shared by configs that differ only in them. Undeclared = none.
     STAGE_DOWNSTREAM: ClassVar[dict[str, frozenset[str]]] = {}
+    #: its adapters take nn.Linear layers only (pace.peft.lora_variants), so it refuses a backbone
+    #: whose blocks are convolutions (Backbone.linear_blocks False); the study pre-flight reads it
+    LINEAR_LAYERS_ONLY: ClassVar[bool] = False
 
     def __init__(self, cfg: MethodConfig, backbone: Backbone, ctx: Context):
         self.cfg = cfg

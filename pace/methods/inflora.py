@@ -204,6 +204,8 @@ class SessionHeads(nn.Module):
 
 @register_method(InfLoRAConfig)
 class InfLoRA(EmbeddingLearner):
+    LINEAR_LAYERS_ONLY = True  # linear_lora_targets
+
     def __init__(self, cfg: InfLoRAConfig, backbone, ctx):
         super().__init__(cfg, backbone, ctx)
         blocks = list(range(backbone.num_blocks)) if cfg.blocks is None else list(cfg.blocks)

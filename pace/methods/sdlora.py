@@ -92,6 +92,8 @@ class SDLoRAConfig(MethodConfig):
 
 @register_method(SDLoRAConfig)
 class SDLoRA(EmbeddingLearner):
+    LINEAR_LAYERS_ONLY = True  # linear_lora_targets
+
     def __init__(self, cfg: SDLoRAConfig, backbone, ctx):
         super().__init__(cfg, backbone, ctx)
         if cfg.session_ranks is not None and (not cfg.session_ranks or min(cfg.session_ranks) < 1):

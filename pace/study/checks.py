@@ -187,7 +187,9 @@ def known_refusals(cfg: RunConfig) -> list[tuple[str, str]]:
     or its learner ("learner"), told from the registries without building anything.
 
     Known: a prompt method on a backbone whose class does not support prompts (PromptLearner refuses
-    it), and an input-length field (seconds, num_samples, target_frames) the backbone does not take.
+    it), a method with linear-only adapters (InfLoRA, SD-LoRA) on a backbone whose blocks are
+    convolutions, and an input-length field (seconds, num_samples, target_frames) the backbone does
+    not take.
     What cannot be told this cheaply (e.g. prompt blocks beyond the backbone's) is left to the trial."""
     from pace.backbones.registry import get_spec
 
@@ -202,6 +204,9 @@ def known_refusals(cfg: RunConfig) -> list[tuple[str, str]]:
     if _prompts_a_transformer(cfg.method.name) and backbone_supports_prompts(spec) is False:
         out.append(("learner", f"{cfg.method.name} prompts a transformer; {spec.name} does not support "
                                "prompt or prefix tuning"))
+    if _linear_layers_only(cfg.method.name) and backbone_class_flag(spec, "linear_blocks") is False:
+        out.append(("learner", f"{cfg.method.name} adapts nn.Linear layers only; {spec.name}'s blocks are "
+                               "convolutions"))
     return out
 
 
@@ -213,10 +218,23 @@ def _prompts_a_transformer(method: str) -> bool:
     return isinstance(cls, type) and issubclass(cls, PromptLearner)
 
 
+def _linear_layers_only(method: str) -> bool:
+    from pace.registry import METHODS
+
+    cls = METHODS.find(method)
+    return bool(getattr(cls, "LINEAR_LAYERS_ONLY", False))
+
+
 def backbone_supports_prompts(spec: Any) -> bool | None:
-    """Whether a registered backbone's builds support prompts, read from the class its builder says it
-    returns (``BackboneSpec`` does not carry it); None when that cannot be told without building
-    (no return annotation, or ``supports_prompts`` is a property, as for the HF families)."""
+    """Whether a registered backbone's builds support prompts (see ``backbone_class_flag``)."""
+    return backbone_class_flag(spec, "supports_prompts")
+
+
+def backbone_class_flag(spec: Any, flag: str) -> bool | None:
+    """A boolean class attribute of a registered backbone (``supports_prompts``, ``linear_blocks``),
+    read from the class its builder says it returns (``BackboneSpec`` does not carry it); None when
+    that cannot be told without building (no return annotation, or the flag is a property, as
+    ``supports_prompts`` is for the HF families)."""
     import inspect
 
     from pace.backbones.base import Backbone
@@ -226,8 +244,8 @@ def backbone_supports_prompts(spec: Any) -> bool | None:
         ret = getattr(spec.build, "__globals__", {}).get(ret)
     if not (isinstance(ret, type) and issubclass(ret, Backbone)):
         return None
-    flag = inspect.getattr_static(ret, "supports_prompts", None)
-    return flag if isinstance(flag, bool) else None
+    value = inspect.getattr_static(ret, flag, None)
+    return value if isinstance(value, bool) else None
 
 
 def refusal_message(refusals: dict[tuple[str, str, str, str], int], source: str) -> str:
