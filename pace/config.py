@@ -175,6 +175,9 @@ class MethodConfig(Strict):
     #: ``when`` for a conditional key, its keys relative too). Every method is tuned over its own space
     #: with the same trial budget; empty = nothing to tune (the method runs as configured).
     SEARCH_SPACE: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: a non-continual reference (joint training): not a competitor, so a study that compares it
+    #: untuned against tuned methods is not flagged (pace.study.checks.tuning_gaps)
+    UPPER_BOUND: ClassVar[bool] = False
 
     @staticmethod
     def known() -> list[str]:

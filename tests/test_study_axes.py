@@ -136,6 +136,31 @@ def test_preflight_reports_linear_only_adapters_on_a_cnn():
     assert "whisper-tiny (" not in msg and "variant=peft_ft" not in msg  # conv LoRA runs on CREPE
 
 
+def test_a_comparison_of_tuned_and_untuned_methods_is_named(tmp_path):
+    from pace.study.checks import tuning_gaps
+
+    src = "pace tune sweeps/tune.yaml --backbone crepe-tiny"
+    (tmp_path / "d.yaml").write_text(
+        "crepe-tiny:\n"
+        f"  ranpac: {{method.fsa.train.lr: {{value: 0.01, source: {src}}}}}\n"
+        f"  pace: {{method.lr_backbone: {{value: 0.001, source: {src}}}}}\n"
+        "whisper-tiny:\n"
+        f"  ranpac: {{method.fsa.train.lr: {{value: 0.01, source: {src}}}}}\n")
+    pairs = [("crepe-tiny", m) for m in ("ranpac", "lorasub", "pace", "slca", "joint", "lorasub")]
+    pairs += [("whisper-tiny", "ranpac"), ("whisper-base", "slca"), ("whisper-base", "ease")]
+    assert tuning_gaps(pairs, tmp_path / "d.yaml") == [
+        "not like for like on crepe-tiny: lorasub, slca have no tuned defaults there (class defaults) while "
+        "ranpac, pace do; tune first with pace tune sweeps/tune.yaml --backbone crepe-tiny --methods lorasub,slca"]
+    # all tuned, none tuned (nothing to compare unequally), or an upper bound without a space: no line
+    assert tuning_gaps([("whisper-base", "slca"), ("whisper-base", "ease"), ("crepe-tiny", "joint"),
+                        ("crepe-tiny", "ranpac")], tmp_path / "d.yaml") == []
+
+
+def test_shipped_backbones_study_compares_tuned_methods_only():
+    _, _, note, _ = load_ablation_spec(REPO / "ablations" / "backbones.yaml")
+    assert "not like for like" not in note
+
+
 def test_preflight_reports_an_input_length_the_backbone_refuses():
     s = spec(base={**BASE, "backbone": {"name": "whisper-tiny", "seconds": 1.0}},
              backbones=["whisper-tiny", "crepe-tiny"])

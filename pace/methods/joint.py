@@ -23,6 +23,7 @@ class JointConfig(MethodConfig):
     """Upper bound: retrain on all data seen so far after every session."""
 
     name: Literal["joint"] = "joint"
+    UPPER_BOUND: ClassVar[bool] = True
     SEARCH_SPACE: ClassVar[dict[str, dict[str, Any]]] = {
         "lr": {"type": "log", "low": 0.001, "high": 0.1},
         "epochs": {"type": "int", "low": 20, "high": 100},

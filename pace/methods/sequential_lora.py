@@ -67,6 +67,7 @@ class JointLoRAConfig(_SeqLoRAConfig):
     """Upper bound: LoRA and head retrained on all data seen so far after every session."""
 
     name: Literal["joint_lora"] = "joint_lora"
+    UPPER_BOUND: ClassVar[bool] = True
     SEARCH_SPACE: ClassVar[dict[str, dict[str, Any]]] = {
         "train.lr": {"type": "log", "low": 0.001, "high": 0.1},
         "train.epochs": {"type": "int", "low": 1, "high": 8},

@@ -9,9 +9,11 @@ space is probed at every bound and categorical value plus a seeded random sample
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable
 
-from pace.config import ConfigError, RunConfig, compose, get_dotted, validate_config
+from pace.config import (BACKBONE_DEFAULTS, ConfigError, MethodConfig, RunConfig, backbone_defaults, compose,
+                         get_dotted, validate_config)
 from pace.study import SpecError
 from pace.study.exclusions import AXES, exclusion_values, show_exclusion
 from pace.study.space import SearchSpace
@@ -152,7 +154,32 @@ def check_ablation(spec: AblationSpec, source: str = "<spec>", check_configs: bo
     if lines:
         removed = len(spec.grid(base)) - len(trials)
         lines.append(f"{len(trials)} trials to run ({removed} of {len(trials) + removed} excluded)")
+    if check_configs:
+        lines += tuning_gaps((cfg.backbone.name, cfg.method.name) for cfg, _ in cfgs)
     return base, "\n".join([note, *lines])
+
+
+def tuning_gaps(pairs: Iterable[tuple[str, str]], path: Path | None = None) -> list[str]:
+    """One line per backbone on which a study compares methods that have tuned per-backbone defaults
+    (pace/defaults/backbones.yaml) with tunable methods that have none there and so run at their class
+    defaults: such a comparison is not like for like, and nothing else would say so. Upper bounds
+    (joint training) and methods with nothing to tune are not competitors and are left out."""
+    by_backbone: dict[str, dict[str, bool]] = {}
+    for backbone, method in pairs:
+        seen = by_backbone.setdefault(backbone, {})
+        cls = MethodConfig.config_class(method)
+        if method not in seen and cls.SEARCH_SPACE and not cls.UPPER_BOUND:
+            seen[method] = bool(backbone_defaults(backbone, method, path or BACKBONE_DEFAULTS))
+    out = []
+    for backbone, tuned in by_backbone.items():
+        missing = [m for m, t in tuned.items() if not t]
+        if missing and len(missing) < len(tuned):
+            have = [m for m, t in tuned.items() if t]
+            has, does = ("has" if len(missing) == 1 else "have"), ("does" if len(have) == 1 else "do")
+            out.append(f"not like for like on {backbone}: {', '.join(missing)} {has} no tuned defaults there "
+                       f"(class defaults) while {', '.join(have)} {does}; tune first with "
+                       f"pace tune sweeps/tune.yaml --backbone {backbone} --methods {','.join(missing)}")
+    return out
 
 
 def check_exclusions(spec: AblationSpec, base: dict[str, Any], source: str) -> None:
