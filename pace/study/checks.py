@@ -159,17 +159,16 @@ def check_ablation(spec: AblationSpec, source: str = "<spec>", check_configs: bo
     return base, "\n".join([note, *lines])
 
 
-def tuning_gaps(pairs: Iterable[tuple[str, str]], path: Path | None = None) -> list[str]:
+def tuning_gaps(pairs: Iterable[tuple[str, str]], path: Path = BACKBONE_DEFAULTS) -> list[str]:
     """One line per backbone on which a study compares methods that have tuned per-backbone defaults
     (pace/defaults/backbones.yaml) with tunable methods that have none there and so run at their class
     defaults: such a comparison is not like for like, and nothing else would say so. Upper bounds
     (joint training) and methods with nothing to tune are not competitors and are left out."""
     by_backbone: dict[str, dict[str, bool]] = {}
-    for backbone, method in pairs:
-        seen = by_backbone.setdefault(backbone, {})
+    for backbone, method in dict.fromkeys(pairs):  # one lookup per pair, not per trial
         cls = MethodConfig.config_class(method)
-        if method not in seen and cls.SEARCH_SPACE and not cls.UPPER_BOUND:
-            seen[method] = bool(backbone_defaults(backbone, method, path or BACKBONE_DEFAULTS))
+        if cls.SEARCH_SPACE and not cls.UPPER_BOUND:
+            by_backbone.setdefault(backbone, {})[method] = bool(backbone_defaults(backbone, method, path))
     out = []
     for backbone, tuned in by_backbone.items():
         missing = [m for m, t in tuned.items() if not t]
@@ -228,7 +227,7 @@ def known_refusals(cfg: RunConfig) -> list[tuple[str, str]]:
             if f != used and getattr(cfg.backbone, f) is not None:
                 out.append(("backbone", f"{spec.name} takes {spec.input_kind} input: it refuses backbone.{f} "
                                         f"(its input length is backbone.{used})"))
-    if _prompts_a_transformer(cfg.method.name) and backbone_supports_prompts(spec) is False:
+    if _prompts_a_transformer(cfg.method.name) and backbone_class_flag(spec, "supports_prompts") is False:
         out.append(("learner", f"{cfg.method.name} prompts a transformer; {spec.name} does not support "
                                "prompt or prefix tuning"))
     if _linear_layers_only(cfg.method.name) and backbone_class_flag(spec, "linear_blocks") is False:
@@ -250,11 +249,6 @@ def _linear_layers_only(method: str) -> bool:
 
     cls = METHODS.find(method)
     return bool(getattr(cls, "LINEAR_LAYERS_ONLY", False))
-
-
-def backbone_supports_prompts(spec: Any) -> bool | None:
-    """Whether a registered backbone's builds support prompts (see ``backbone_class_flag``)."""
-    return backbone_class_flag(spec, "supports_prompts")
 
 
 def backbone_class_flag(spec: Any, flag: str) -> bool | None:
