@@ -392,23 +392,61 @@ def test_unprojected_conv_lora_update_changes_protected_outputs():
     assert float((model.conv(protected).detach() - before).abs().max()) > 1e-6
 
 
-def test_covariance_over_crepe_patches_is_chunked_and_exact():
+def test_covariance_over_crepe_patches_is_exact_on_both_paths():
+    """Block 1 (stride 4) unfolds its patches, here one sample per chunk; block 2 (stride 1) takes the
+    lagged-product Gram. Both must equal the covariance of the patches cut from the blocks' inputs."""
     bb = _test_backbone()
-    manager = LoRAManager(bb, bb.lora_target_names([1, 5], ["q"]))
+    manager = LoRAManager(bb, bb.lora_target_names([0, 1, 5], ["q"]))
     manager.add_session(2, 4.0, torch.Generator().manual_seed(0))
     x = torch.randn(3, 4096)
-    layer = manager.modules["net.blocks.1.conv"]
-    layer.patch_chunk_bytes = 1  # one sample per callback
+    manager.modules["net.blocks.0.conv"].patch_chunk_bytes = 1  # one sample per callback
     covs = collect_input_covariances(manager, bb, x, batch_size=2)
     assert covs["net.blocks.1.conv"].shape == (8 * 64, 8 * 64) and covs["net.blocks.5.conv"].shape == (8 * 64,) * 2
-    # the same covariance straight from the block's padded input
-    inputs = []
-    handle = bb.net.blocks[1].register_forward_pre_hook(lambda m, a: inputs.append(F.pad(a[0], m.padding)))
+    # the same covariances straight from the blocks' padded inputs
+    inputs = {0: [], 1: []}
+    handles = [bb.net.blocks[i].register_forward_pre_hook(lambda m, a, i=i: inputs[i].append(F.pad(a[0], m.padding)))
+               for i in inputs]
     with torch.no_grad():
         bb(x)
+    for h in handles:
+        h.remove()
+    for i, (kernel, stride) in enumerate([(512, 4), (64, 1)]):
+        width = inputs[i][0].shape[1] * kernel
+        p = torch.cat([inp.unfold(2, kernel, stride).permute(0, 2, 1, 3).reshape(-1, width)
+                       for inp in inputs[i]]).double()
+        torch.testing.assert_close(covs[f"net.blocks.{i}.conv"], p.T @ p / p.shape[0])
+
+
+@pytest.mark.parametrize("conv", [nn.Conv1d(3, 4, 5, padding=2), nn.Conv1d(2, 4, 7), nn.Conv1d(1, 2, 1),
+                                  nn.Conv1d(3, 4, 4, stride=2, padding=1, dilation=2),  # unfolded path
+                                  nn.Conv2d(2, 3, (3, 2), padding=(1, 0))],
+                         ids=["same", "valid-kernel-is-input", "1x1", "strided-dilated", "conv2d"])
+def test_patch_gram_equals_the_gram_of_the_unfolded_patches(conv):
+    """collect_input_covariances reads watch_input_grams; the lagged-product Gram of a stride-1 Conv1d
+    (conv1d_patch_gram) and the unfolded fallback must both equal P^T P of the explicit patches."""
+    conv = conv.double()
+    torch.manual_seed(0)
+    shape = (3, conv.in_channels, 7) if isinstance(conv, nn.Conv1d) else (3, conv.in_channels, 6, 5)
+    x = torch.randn(*shape, dtype=torch.float64)
+    model = nn.Sequential(conv)
+    manager = LoRAManager(model, ["0"])
+    layer = model[0]
+    grams = []
+    handle = layer.watch_input_grams(lambda g, n: grams.append((g, n)))
+    model(x)
     handle.remove()
-    p = torch.cat([inp.unfold(2, 64, 1).permute(0, 2, 1, 3).reshape(-1, 8 * 64) for inp in inputs]).double()
-    torch.testing.assert_close(covs["net.blocks.1.conv"], p.T @ p / p.shape[0])
+    p = layer.patches(x)
+    assert len(grams) == 1 and grams[0][1] == p.shape[0]
+    torch.testing.assert_close(grams[0][0], p.T @ p, rtol=1e-12, atol=1e-12)
+    manager.restore()
+
+
+def test_conv1d_patch_gram_at_crepe_block_two_width():
+    from pace.peft.lora_conv import conv1d_patch_gram
+
+    x = torch.randn(2, 16, 40, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    p = F.unfold(x[:, :, None, :], (1, 32)).transpose(1, 2).reshape(-1, 16 * 32)
+    torch.testing.assert_close(conv1d_patch_gram(x, 32), p.T @ p, rtol=1e-12, atol=1e-10)
 
 
 def test_cka_addresses_crepe_blocks():

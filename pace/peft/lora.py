@@ -168,6 +168,16 @@ class LoRALinear(nn.Module):
         """Call ``fn(x)`` with this layer's input on every forward (e.g. to accumulate X^T X)."""
         return self.register_forward_pre_hook(lambda _module, args: fn(args[0]))
 
+    def watch_input_grams(self, fn: Callable[[torch.Tensor, int], None]) -> RemovableHandle:
+        """Call ``fn(X^T X, n)`` on every forward: the float64 Gram of the ``n`` input rows the
+        LoRA stacks see (tokens here; patches for ``LoRAConv``, which computes it without them)."""
+
+        def rows_gram(x: torch.Tensor) -> None:
+            rows = x.detach().reshape(-1, x.shape[-1]).to(torch.float64)
+            fn(rows.T @ rows, rows.shape[0])
+
+        return self.watch_inputs(rows_gram)
+
     def _folded(self, coefs: list[float], stacks: list[int]) -> torch.Tensor:
         """``W0 + sum_{s in stacks} coef_s B_s A_s`` (float64 sum, base dtype), rebuilt only when
         a tensor it was built from changed (version counter or storage) or the stacks did."""

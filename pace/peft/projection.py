@@ -63,9 +63,12 @@ class CovarianceAccumulator:
 
     def update(self, x: torch.Tensor) -> None:
         rows = x.detach().reshape(-1, x.shape[-1]).to(torch.float64)
-        gram = rows.T @ rows
+        self.add(rows.T @ rows, rows.shape[0])
+
+    def add(self, gram: torch.Tensor, n: int) -> None:
+        """Add the Gram ``X^T X`` of ``n`` rows computed elsewhere (``watch_input_grams``)."""
         self.sum = gram if self.sum is None else self.sum + gram
-        self.n += rows.shape[0]
+        self.n += n
 
     def value(self) -> torch.Tensor:
         if self.sum is None or self.n == 0:
@@ -95,7 +98,7 @@ def collect_input_covariances(
     pass runs in eval mode and, by default, on the subtracted ("unlearned") model.
     """
     accs = {name: CovarianceAccumulator() for name in manager.modules}
-    handles = [m.watch_inputs(accs[name].update) for name, m in manager.modules.items()]
+    handles = [m.watch_input_grams(accs[name].add) for name, m in manager.modules.items()]
     try:
         with evaluating(manager.model), manager.subtracted() if subtracted else nullcontext():
             for xb in _batches(data, batch_size):
