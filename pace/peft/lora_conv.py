@@ -162,7 +162,7 @@ def conv1d_patch_gram(x: torch.Tensor, kernel: int) -> torch.Tensor:
             leave = torch.einsum("ncu,neu->uce", a[:, :, :steps], b[:, :, :steps])
             enter = torch.einsum("ncu,neu->uce", a[:, :, t : t + steps], b[:, :, t : t + steps])
             windows = torch.cat([windows, first + torch.cumsum(enter - leave, 0)])
-        k1 = torch.arange(steps + 1)
+        k1 = torch.arange(steps + 1, device=x.device)
         gram[:, k1, :, k1 + d] = windows
         if d:
             gram[:, k1 + d, :, k1] = windows.transpose(1, 2)
