@@ -19,16 +19,17 @@ import argparse
 import time
 
 import torch
-import torch.nn.functional as F
+from torch import nn
 
-from pace.peft.lora_conv import conv1d_patch_gram
+from pace.peft.lora_conv import LoRAConv, conv1d_patch_gram
 
 
 def unfolded_gram(x: torch.Tensor, kernel: int, chunk: int) -> torch.Tensor:
-    c = x.shape[1]
-    gram = torch.zeros(c * kernel, c * kernel, dtype=torch.float64)
+    """The unfolding path: LoRAConv's own patches of ``chunk`` frames at a time, P^T P summed."""
+    layer = LoRAConv(nn.Conv1d(x.shape[1], 1, kernel).double())
+    gram = torch.zeros(layer.in_features, layer.in_features, dtype=torch.float64)
     for i in range(0, x.shape[0], chunk):
-        p = F.unfold(x[i:i + chunk, :, None, :], (1, kernel)).transpose(1, 2).reshape(-1, c * kernel)
+        p = layer.patches(x[i:i + chunk])
         gram += p.T @ p
     return gram
 

@@ -55,18 +55,14 @@ ProjectionMode = Literal["onto", "complement"]
 
 
 class CovarianceAccumulator:
-    """Running sum of x x^T over rows (tokens) in float64; ``value()`` = (1/n) X^T X."""
+    """Running sum of the float64 Grams X^T X of a layer's input rows; ``value()`` = (1/n) X^T X."""
 
     def __init__(self) -> None:
         self.sum: torch.Tensor | None = None
         self.n = 0
 
-    def update(self, x: torch.Tensor) -> None:
-        rows = x.detach().reshape(-1, x.shape[-1]).to(torch.float64)
-        self.add(rows.T @ rows, rows.shape[0])
-
     def add(self, gram: torch.Tensor, n: int) -> None:
-        """Add the Gram ``X^T X`` of ``n`` rows computed elsewhere (``watch_input_grams``)."""
+        """Add the Gram ``X^T X`` of ``n`` rows (a layer's ``watch_input_grams`` computes it)."""
         self.sum = gram if self.sum is None else self.sum + gram
         self.n += n
 
